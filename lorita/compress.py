@@ -1,0 +1,180 @@
+"""Spectra, rank plans and deployment of a trained (merged) model as thin factors."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lorita.compose import _replace, merge
+from lorita.counting import count_macs_params
+from lorita.layers import (
+    ConvComposition,
+    LinearComposition,
+    LowRankConv2d,
+    LowRankLinear,
+    compressible_layers,
+    layer_weight,
+)
+from lorita.policies import LayerInfo, RankPolicy, Totals
+
+__all__ = ["LayerPlan", "Plan", "compress", "factorize", "spectra", "truncate"]
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    # Conv weights act as out × (in·kh·kw) matrices on unfolded patches.
+    return weight.flatten(1) if weight.dim() > 2 else weight
+
+
+def spectra(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Singular values (descending, float64, CPU) of every compressible weight, by layer name.
+
+    Compositions are merged and low-rank pairs multiplied out before the SVD; conv weights
+    are reshaped to out×(in·kh·kw). The model is not modified.
+    """
+    return {name: torch.linalg.svdvals(_matrix(layer_weight(m)).cpu())
+            for name, m in compressible_layers(model).items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerPlan:
+    """The rank one layer keeps and whether it is deployed as two factors."""
+
+    name: str
+    full_rank: int
+    rank: int
+    factored: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Per-layer ranks chosen by a policy for one model; the input of ``factorize``."""
+
+    layers: tuple[LayerPlan, ...]
+    policy: RankPolicy | None = None
+    info: tuple[LayerInfo, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {lp.name: lp.rank for lp in self.layers}
+
+
+def _positions(model: nn.Module, layers: Mapping[str, nn.Module],
+               example_inputs: torch.Tensor | tuple) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    hooks = []
+    for name, m in layers.items():
+        out_dim = m.out_features if hasattr(m, "out_features") else m.out_channels
+
+        def hook(_m, _inp, out, name=name, out_dim=out_dim):
+            seen[name] = out.numel() // (out.shape[0] * out_dim)
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            args = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+            model(*args)
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
+    """Choose the rank of every compressible layer of ``model`` with ``policy``.
+
+    ``model`` may still hold compositions (their merged product is what is ranked).
+    ``example_inputs`` (a batch, or a tuple of forward arguments) lets policies count
+    MACs: positions per layer come from forward hooks, the dense total from
+    torch-pruning's counter. Raises ``ValueError`` when the policy needs inputs it lacks,
+    ``TypeError`` for a policy that is not a ``RankPolicy``.
+    """
+    if not isinstance(policy, RankPolicy):
+        raise TypeError(f"policy must be a lorita RankPolicy, got {type(policy).__name__}")
+    layers = compressible_layers(model)
+    sig = spectra(model)
+    positions = _positions(model, layers, example_inputs) if example_inputs is not None else {}
+    infos = []
+    for name, m in layers.items():
+        w = layer_weight(m)
+        infos.append(LayerInfo(name=name, sigma=sig[name], fan_in=_matrix(w).shape[1],
+                               fan_out=w.shape[0], positions=positions.get(name)))
+    totals = Totals(params=sum(p.numel() for p in merge(copy.deepcopy(model)).parameters()),
+                    macs=count_macs_params(merge(copy.deepcopy(model)), example_inputs)[0]
+                    if example_inputs is not None else None)
+    ranks = policy.ranks(infos, totals)
+    return Plan(layers=tuple(LayerPlan(name=li.name, full_rank=li.full_rank, rank=ranks[li.name],
+                                       factored=li.factored(ranks[li.name])) for li in infos),
+                policy=policy, info=tuple(infos))
+
+
+def _factor(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Balanced split of the truncated SVD: second @ first = U_r diag(σ_r) V_rᵀ.
+    u, s, vh = torch.linalg.svd(_matrix(weight.double()), full_matrices=False)
+    root = s[:rank].sqrt()
+    return vh[:rank] * root[:, None], u[:, :rank] * root[None, :]
+
+
+def _deploy(layer: nn.Module, lp: LayerPlan) -> nn.Module:
+    if isinstance(layer, LinearComposition | ConvComposition):
+        layer = layer.merged()
+    if isinstance(layer, LowRankLinear | LowRankConv2d):
+        raise ValueError(f"layer {lp.name!r} is already factorized; compress the dense model")
+    w, bias = layer.weight, layer.bias
+    dd = {"device": w.device, "dtype": w.dtype}
+    first_w, second_w = _factor(w.detach(), lp.rank)
+    if not lp.factored:
+        out = copy.deepcopy(layer)
+        with torch.no_grad():
+            out.weight.copy_((second_w @ first_w).view_as(w))
+        return out
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, lp.rank, bias=False, **dd)
+        second = nn.Linear(lp.rank, layer.out_features, bias=bias is not None, **dd)
+        pair = LowRankLinear(first, second)
+        first_shape = first.weight.shape
+    else:
+        first = nn.Conv2d(layer.in_channels, lp.rank, layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, dilation=layer.dilation, bias=False,
+                          padding_mode=layer.padding_mode, **dd)
+        second = nn.Conv2d(lp.rank, layer.out_channels, 1, bias=bias is not None, **dd)
+        pair = LowRankConv2d(first, second)
+        first_shape = first.weight.shape
+    with torch.no_grad():
+        first.weight.copy_(first_w.view(first_shape))
+        second.weight.copy_(second_w.view_as(second.weight))
+        if bias is not None:
+            second.bias.copy_(bias)
+    return pair
+
+
+def factorize(model: nn.Module, plan: Plan) -> nn.Module:
+    """A new model in which every layer of ``plan`` keeps its planned rank.
+
+    Factored layers become ``LowRankLinear``/``LowRankConv2d`` (two thin factors, the
+    singular values split evenly between them); the others stay one dense layer holding
+    the rank-r weight. ``model`` is not modified. Raises ``KeyError`` for a plan made
+    for another model.
+    """
+    deployed = copy.deepcopy(model)
+    layers = compressible_layers(deployed)
+    for lp in plan.layers:
+        if lp.name not in layers:
+            raise KeyError(f"plan names layer {lp.name!r}, which this model does not have")
+        deployed = _replace(deployed, lp.name, _deploy(layers[lp.name], lp))
+    return merge(deployed)
+
+
+def compress(model: nn.Module, policy: RankPolicy, example_inputs=None) -> nn.Module:
+    """Truncate the SVD of every compressible weight with ``policy`` and deploy the result.
+
+    Equivalent to ``factorize(model, truncate(model, policy, example_inputs))``: a runnable
+    model whose output equals the rank-truncated merged model's. ``example_inputs`` is
+    required for ``TargetFlopsDrop``.
+    """
+    return factorize(model, truncate(model, policy, example_inputs))

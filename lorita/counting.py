@@ -1,0 +1,58 @@
+"""MACs and parameter counts with torch-pruning's counter, made honest for factorized attention.
+
+torch-pruning counts a timm ``Attention`` block in one analytic hook that assumes dense
+``qkv`` and a square dense ``proj``; it would count a factorized (or head-pruned)
+projection as if it were still dense. Here timm's attention is counted with the same
+formula, but with the projections' real cost taken from the ``nn.Linear`` modules they
+are made of. Every other module is counted by torch-pruning unchanged, and for a dense
+timm model both give the same total.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["count_macs_params"]
+
+
+def _linear_macs(module: nn.Module | None, tokens: int) -> int:
+    if module is None:
+        return 0
+    return tokens * sum(l.in_features * l.out_features + (l.out_features if l.bias is not None else 0)
+                        for l in module.modules() if isinstance(l, nn.Linear))
+
+
+def _timm_attention_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    x = inputs[0]
+    batch, tokens = x.shape[0], x.shape[1]
+    attn_dim = module.num_heads * module.head_dim
+    macs = tokens * attn_dim  # q scaling, as torch-pruning counts it
+    macs += _linear_macs(module.qkv, tokens) + _linear_macs(module.proj, tokens)
+    macs += _linear_macs(getattr(module, "gate", None), tokens)
+    # QKᵀ, softmax and AV per head.
+    macs += module.num_heads * (2 * tokens * tokens * module.head_dim + tokens * tokens)
+    module.__flops__ += int(macs * batch)
+
+
+def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
+    """(MACs per sample, parameters) of ``model`` on ``example_inputs``; FLOPs = 2·MACs.
+
+    Uses ``torch_pruning.utils.count_ops_and_params`` (the model is deep-copied there and
+    run once in eval mode), with timm attention blocks counted from their actual projections.
+    """
+    import torch_pruning as tp
+    from torch_pruning.utils import op_counter
+
+    try:
+        from timm.layers import Attention as TimmAttention
+    except ImportError:  # timm is optional for the lorita library itself
+        TimmAttention = None
+    if TimmAttention is not None:
+        # count_ops_and_params clears this mapping when it returns.
+        op_counter.CUSTOM_MODULES_MAPPING[TimmAttention] = _timm_attention_hook
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = {}
+    return float(macs), int(params)
