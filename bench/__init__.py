@@ -1,0 +1,1 @@
+"""The lorita-bench harness: registry, data, models, budget, training, measurement, records, CLI."""

@@ -1,0 +1,122 @@
+"""``lorita-bench``: list what is registered, run a preset, render a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import UsageError
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}; accepted: comma-separated integers, e.g. 0,1,2") from None
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bench.registry import DATASETS, METHODS, MODELS, PRESETS, load_all
+
+    load_all()
+    for title, reg in (("presets", PRESETS), ("datasets", DATASETS), ("models", MODELS), ("methods", METHODS)):
+        print(f"{title}:")
+        for e in reg:
+            paper = f"  [{e.meta['paper']}]" if e.meta.get("paper") else ""
+            print(f"  {e.name:<24} {e.description}{paper}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench import runner
+    from bench.budget import parse_targets
+    from bench.registry import PRESETS, load_all
+    from reports import comparison_table, render
+
+    load_all()
+    preset = PRESETS.get(args.preset)
+    budget = preset.budget
+    if args.epochs is not None or args.finetune_epochs is not None:
+        budget = replace(budget, **{k: v for k, v in (("epochs", args.epochs),
+                                                      ("finetune_epochs", args.finetune_epochs))
+                                    if v is not None})
+    preset = preset.override(
+        dataset=args.dataset, model=args.model, device=args.device, budget=budget,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
+        targets=parse_targets(args.targets) if args.targets else None,
+        seeds=_ints(args.seeds, "seeds") if args.seeds else None)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"data directory {args.data_dir} does not exist; pass an existing folder "
+                         "to --data-dir, or add --download")
+    out = Path(args.out)
+    records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
+                         progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr))
+    dicts = [r.to_dict() for r in records]
+    print(comparison_table(dicts))
+    path = render(dicts, out, config=preset.to_dict())
+    print(f"report: {path}")
+    print(f"records: {out / runner.RESULTS}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from reports import render
+
+    records = []
+    for src in args.sources:
+        p = Path(src)
+        if p.is_dir():
+            p = p / "results.jsonl"
+        if not p.is_file():
+            raise UsageError(f"no results at {src}; accepted: a results.jsonl file or a run folder holding one")
+        try:
+            records += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{p} is not JSONL records: {err}") from None
+    print(f"report: {render(records, Path(args.out))}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lorita-bench", description="LoRITa vs structured pruning, "
+                                 "under identical training budgets.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered presets, datasets, models and methods").set_defaults(fn=_cmd_list)
+    run = sub.add_parser("run", help="run a preset and write records and a report")
+    run.add_argument("--preset", default="quick")
+    run.add_argument("--out", default="out/quick", help="folder for results.jsonl, config.json, report.md")
+    run.add_argument("--dataset")
+    run.add_argument("--model")
+    run.add_argument("--methods", help="comma-separated, e.g. lorita-n1,lorita-n3,l1-filter")
+    run.add_argument("--targets", help="e.g. params:0.5,0.7,0.9 or flops:0.5")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--finetune-epochs", type=int)
+    run.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
+    run.add_argument("--device", help="cpu, cuda or cuda:N")
+    run.add_argument("--data-dir")
+    run.add_argument("--download", action="store_true", help="fetch datasets (needs internet)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(fn=_cmd_run)
+    rep = sub.add_parser("report", help="render report.md from results")
+    rep.add_argument("sources", nargs="+", help="results.jsonl files or run folders")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(fn=_cmd_report)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UsageError as err:
+        print(f"lorita-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The one exception type users can cause; the CLI prints it as one line and exits 2."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: the message names the bad value and what is accepted."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the run is recorded as failed and the suite goes on."""

@@ -1,0 +1,132 @@
+"""The ``Method`` protocol and the registered methods (LoRITa at several N, pruning baselines).
+
+The runner calls, in order: ``prepare(model)``; training for ``budget.train_epochs``;
+``dense_reference(model)``; then for each target ``compress(model, target, calib)``
+followed by the same ``budget.finetune_epochs`` of fine-tuning for every method.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+import lorita
+from baselines import pruning
+from bench.budget import Target
+from bench.registry import METHODS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calib:
+    """What ``compress`` may look at: one example batch from the *train* split, and the head."""
+
+    example: torch.Tensor
+    num_classes: int
+    head: str | None  # qualified name of the classifier layer, whose output width is never pruned
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compressed:
+    model: nn.Module
+    achieved_drop: float
+    layers: dict[str, Any] = field(default_factory=dict)  # per-layer ranks or widths
+
+
+class Method:
+    """A registered compression method. Subclasses hold settings only, never run state."""
+
+    name: str = ""
+    family: str = ""  # "lorita", "pruning" or "dense"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model to train (e.g. over-parameterized); may modify ``model`` in place."""
+        return model
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        """The trained model in the original architecture: the baseline of every drop."""
+        return model
+
+    def skip_reason(self, model: nn.Module) -> str | None:
+        """Why this method cannot apply to ``model`` (``None`` when it can)."""
+        return None
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        raise NotImplementedError
+
+    @property
+    def n(self) -> int | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoRITa(Method):
+    """Train with N-factor compositions; merge; truncate the SVD at a global threshold."""
+
+    factors: int
+    family: str = "lorita"
+
+    @property
+    def name(self) -> str:
+        return f"lorita-n{self.factors}"
+
+    @property
+    def n(self) -> int:
+        return self.factors
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return lorita.overparameterize(model, self.factors)
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        return lorita.merge(copy.deepcopy(model))
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        dense = self.dense_reference(model).eval()
+        policy = (lorita.TargetParamsDrop(drop=target.drop) if target.kind == "params"
+                  else lorita.TargetFlopsDrop(drop=target.drop))
+        plan = lorita.truncate(dense, policy, calib.example)
+        deployed = lorita.factorize(dense, plan)
+        macs0, params0 = lorita.count_macs_params(dense, calib.example)
+        macs1, params1 = lorita.count_macs_params(deployed, calib.example)
+        got = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+        return Compressed(model=deployed, achieved_drop=got,
+                          layers={lp.name: lp.rank for lp in plan.layers})
+
+
+for _n in (1, 2, 3, 4):
+    METHODS.add(f"lorita-n{_n}", LoRITa(factors=_n), family="lorita",
+                description=(f"LoRITa with N={_n}: train as {_n}-factor compositions, merge, global SVD "
+                             "truncation" if _n > 1 else
+                             "LoRITa N=1: standard training + global SVD truncation (low-rank baseline)"),
+                paper="Zhang, Alkhouri, Wang, TMLR (arXiv 2405.03089)")
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+            for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchPruning(Method):
+    """Pre-train, prune once to the target with a torch-pruning importance, fine-tune."""
+
+    name: str
+    importance: str
+    global_pruning: bool = False
+    family: str = "pruning"
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        factory = {"l1-filter": pruning.l1_filter_importance}[self.importance]
+        ignored = [model.get_submodule(calib.head)] if calib.head is not None else []
+        pruned, got = pruning.prune_to_target(
+            model, calib.example, kind=target.kind, drop=target.drop, importance_factory=factory,
+            ignored=ignored, global_pruning=self.global_pruning)
+        return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned))
+
+
+METHODS.add("l1-filter", TorchPruning(name="l1-filter", importance="l1-filter"), family="pruning",
+            description="L1-norm filter/neuron pruning, same ratio in every layer (torch-pruning)",
+            paper="Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017")

@@ -1,0 +1,109 @@
+"""``Record``: one row per (dataset, model, method, target, seed), kept in append-only JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """Everything measured for one compressed model. Accuracies are fractions (0–1), drops too."""
+
+    dataset: str
+    model: str
+    method: str
+    family: str
+    n: int | None
+    target_kind: str
+    target_drop: float
+    seed: int
+    status: str = "ok"
+    reason: str = ""
+    base_acc: float | None = None
+    acc: float | None = None
+    base_acc_top5: float | None = None
+    acc_top5: float | None = None
+    delta_acc: float | None = None
+    base_val_acc: float | None = None
+    val_acc: float | None = None
+    dense_params: int | None = None
+    params: int | None = None
+    params_drop: float | None = None
+    dense_macs: float | None = None
+    macs: float | None = None
+    flops_drop: float | None = None
+    achieved_drop: float | None = None
+    layers: dict[str, int] = field(default_factory=dict)
+    latency_device: str | None = None
+    latency_batch: int | None = None
+    latency_dense_ms: float | None = None
+    latency_dense_iqr_ms: float | None = None
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    throughput_batch: int | None = None
+    throughput_dense_ms: float | None = None
+    throughput_ms: float | None = None
+    pretrain_steps: int | None = None
+    finetune_steps: int | None = None
+    train_steps: int | None = None
+    train_wall_s: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    config_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a run within a suite (used to resume)."""
+        return (self.config_hash, self.dataset, self.model, self.method, self.target_kind,
+                self.target_drop, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_records(path: Path) -> list[Record]:
+    """Every record in a JSONL file (an absent file has none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [Record.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def append_record(path: Path, record: Record) -> None:
+    """Append one record; the file is rewritten atomically, so an interrupt never leaves half a line."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + json.dumps(record.to_dict(), sort_keys=True) + "\n")

@@ -1,0 +1,163 @@
+"""Run a preset: train each method once per seed under the shared budget, compress, measure, record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from bench import data as data_mod
+from bench import measure
+from bench.budget import Target
+from bench.data import Splits
+from bench.methods import Calib, Method
+from bench.models import build, head_of
+from bench.presets import Preset
+from bench.registry import METHODS
+from bench.results import Record, append_record, atomic_write_text, load_records
+from bench.train import accuracy, train
+
+log = logging.getLogger(__name__)
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+
+
+class BudgetMismatch(RuntimeError):
+    """Methods of one suite used different numbers of optimizer steps: the comparison is void."""
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("lorita-bench", "torch", "torchvision", "torch-pruning", "timm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _base(preset: Preset, method: Method, target: Target, seed: int, chash: str) -> dict:
+    return {"dataset": preset.dataset, "model": preset.model, "method": method.name,
+            "family": method.family, "n": method.n, "target_kind": target.kind,
+            "target_drop": target.drop, "seed": seed, "config_hash": chash, "versions": versions()}
+
+
+def _accs(model: torch.nn.Module, data: Splits) -> tuple[float, float | None, float]:
+    top5 = accuracy(model, data.test_x, data.test_y, k=5) if data.num_classes > 10 else None
+    return accuracy(model, data.test_x, data.test_y), top5, accuracy(model, data.val_x, data.val_y)
+
+
+def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
+               progress: bool = False) -> list[Record]:
+    """Every record of one (method, seed): one training, then one compression per target.
+
+    A target whose compression or fine-tuning fails becomes a failed record; the others go on.
+    """
+    budget, dev, chash = preset.budget, preset.device, preset.config_hash()
+    torch.manual_seed(seed)  # the same initial weights for every method at this seed
+    model = build(preset.model, data.num_classes, data.input_shape, preset.model_options).to(dev)
+    reason = method.skip_reason(model)
+    if reason:
+        return [Record(**_base(preset, method, t, seed, chash), status="skipped", reason=reason)
+                for t in targets]
+    model = method.prepare(model).to(dev)
+    stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
+                  progress=progress, desc=f"{method.name} s{seed} train")
+    dense = method.dense_reference(model).eval()
+    base_acc, base_top5, base_val = _accs(dense, data)
+    dense_macs, dense_params = measure.counts(dense, data.input_shape, dev)
+    lat_kw = {"device": dev, "rounds": preset.latency_rounds}
+    dense_lat = measure.latency(dense, data.input_shape, batch_size=1, **lat_kw)
+    dense_tput = measure.latency(dense, data.input_shape, batch_size=preset.throughput_batch, **lat_kw)
+    calib = Calib(example=data.train_x[:1], num_classes=data.num_classes,
+                  head=head_of(dense, data.num_classes))
+    records = []
+    for target in targets:
+        common = _base(preset, method, target, seed, chash)
+        try:
+            out = method.compress(copy.deepcopy(model), target, calib)
+            deployed = out.model.to(dev)
+            ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr,
+                       seed=seed + 1, progress=progress, desc=f"{method.name} {target} fine-tune")
+            deployed.eval()
+            acc, top5, val = _accs(deployed, data)
+            macs, params = measure.counts(deployed, data.input_shape, dev)
+            lat = measure.latency(deployed, data.input_shape, batch_size=1, **lat_kw)
+            tput = measure.latency(deployed, data.input_shape, batch_size=preset.throughput_batch, **lat_kw)
+            records.append(Record(
+                **common, base_acc=base_acc, acc=acc, base_acc_top5=base_top5, acc_top5=top5,
+                delta_acc=acc - base_acc, base_val_acc=base_val, val_acc=val,
+                dense_params=dense_params, params=params, params_drop=1 - params / dense_params,
+                dense_macs=dense_macs, macs=macs, flops_drop=1 - macs / dense_macs,
+                achieved_drop=out.achieved_drop, layers=out.layers,
+                latency_device=lat.device, latency_batch=1, latency_dense_ms=dense_lat.median_ms,
+                latency_dense_iqr_ms=dense_lat.iqr_ms, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms,
+                throughput_batch=preset.throughput_batch, throughput_dense_ms=dense_tput.median_ms,
+                throughput_ms=tput.median_ms, pretrain_steps=stats.steps, finetune_steps=ft.steps,
+                train_steps=stats.steps + ft.steps,
+                train_wall_s=stats.wall_s + ft.wall_s))
+        except Exception as err:  # one failing target must not sink the others
+            log.exception("%s at %s failed", method.name, target)
+            records.append(Record(**common, status="failed", reason=f"{type(err).__name__}: {err}"))
+    return records
+
+
+def check_budget(records: list[Record]) -> None:
+    """Raise ``BudgetMismatch`` unless every successful record used the same optimizer steps."""
+    steps = {(r.config_hash, r.method): r.train_steps for r in records if r.status == "ok"}
+    by_config: dict[str, set[int]] = {}
+    for (chash, _), s in steps.items():
+        by_config.setdefault(chash, set()).add(s)
+    for chash, values in by_config.items():
+        if len(values) > 1:
+            detail = ", ".join(f"{m}={s}" for (c, m), s in sorted(steps.items()) if c == chash)
+            raise BudgetMismatch(f"methods used different optimizer steps ({detail}); "
+                                 "every method must use the suite's one budget")
+
+
+def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download: bool = False,
+        progress: bool = True, echo: Callable[[str], None] = print) -> list[Record]:
+    """Run ``preset``, appending records to ``out_dir/results.jsonl``; returns this config's records.
+
+    Resumable: a (method, target, seed) already recorded as ok or skipped under the same
+    config hash is not run again. The resolved preset is saved as ``out_dir/config.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
+    results = out_dir / RESULTS
+    chash = preset.config_hash()
+    done = {r.key for r in load_records(results) if r.status in ("ok", "skipped")}
+    data = data_mod.load(preset.dataset, data_dir=data_dir, download=download).to(preset.device)
+    jobs = [(seed, name) for seed in preset.seeds for name in preset.methods]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="suite", unit="run")
+    for seed, name in jobs:
+        method = METHODS.get(name)
+        pending = [t for t in preset.targets
+                   if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done]
+        if pending:
+            try:
+                records = run_method(preset, method, data, pending, seed, progress=progress)
+            except Exception as err:  # one failing method must not sink the others
+                log.exception("%s seed %d failed", name, seed)
+                records = [Record(**_base(preset, method, t, seed, chash), status="failed",
+                                  reason=f"{type(err).__name__}: {err}") for t in pending]
+            for r in records:
+                append_record(results, r)
+                if r.status != "ok":
+                    echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    mine = [r for r in load_records(results) if r.config_hash == chash]
+    check_budget(mine)
+    return mine
