@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import bench.data
+import bench.methods
+import bench.models  # noqa: F401  (fill the tables presets refer to)
 from bench.budget import Budget, Target
 from bench.errors import UsageError
 from bench.registry import DATASETS, METHODS, MODELS, PRESETS

@@ -6,8 +6,8 @@ or ``compress`` in one call) with a rank policy. Works on any ``torch.nn.Module`
 """
 
 from lorita.compose import merge, overparameterize
-from lorita.counting import count_macs_params
 from lorita.compress import LayerPlan, Plan, compress, factorize, spectra, truncate
+from lorita.counting import count_macs_params
 from lorita.layers import (
     ConvComposition,
     LinearComposition,

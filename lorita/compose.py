@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from lorita.layers import ConvComposition, LinearComposition, walk, is_eligible
+from lorita.layers import ConvComposition, LinearComposition, is_eligible, walk
 
 __all__ = ["merge", "overparameterize"]
 

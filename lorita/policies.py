@@ -69,7 +69,7 @@ class RankPolicy:
 
 def _check_fraction(name: str, value: float, *, low_open: bool = True, high_open: bool = False) -> None:
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = number and (0 < value if low_open else 0 <= value) and (value < 1 if high_open else value <= 1)
+    ok = number and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
     if not ok:
         lo, hi = "(0" if low_open else "[0", "1)" if high_open else "1]"
         raise ValueError(f"{name} must be a number in {lo}, {hi}, got {value!r}")

@@ -86,7 +86,7 @@ def test_overparameterize_shapes_follow_the_paper():
 
 
 def test_n1_is_the_identity():
-    model, x = _mlp()
+    model, _x = _mlp()
     before = copy.deepcopy(model.state_dict())
     assert lorita.overparameterize(model, 1) is model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
