@@ -30,13 +30,16 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # Train-time augmentation the training loop applies as batched tensor ops on the device:
+    # None, or "crop-flip" (random crop with 4-pixel zero padding + horizontal flip, CIFAR's).
+    augment: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
     def to(self, device: str | torch.device) -> Splits:
-        return Splits(name=self.name, num_classes=self.num_classes,
+        return Splits(name=self.name, num_classes=self.num_classes, augment=self.augment,
                       **{f: getattr(self, f).to(device) for f in
                          ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
 

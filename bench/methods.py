@@ -8,6 +8,7 @@ followed by the same ``budget.finetune_epochs`` of fine-tuning for every method.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,15 @@ from bench.registry import METHODS
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Calib:
-    """What ``compress`` may look at: one example batch from the *train* split, and the head."""
+    """What ``compress`` may look at: data from the *train* split only, and the head's name.
+
+    ``example`` is one input sample (for tracing and counting); ``batch_x``/``batch_y`` a
+    labelled calibration batch (for gradient-based importances such as Taylor or Hessian).
+    """
 
     example: torch.Tensor
+    batch_x: torch.Tensor
+    batch_y: torch.Tensor
     num_classes: int
     head: str | None  # qualified name of the classifier layer, whose output width is never pruned
 
@@ -34,6 +41,7 @@ class Compressed:
     model: nn.Module
     achieved_drop: float
     layers: dict[str, Any] = field(default_factory=dict)  # per-layer ranks or widths
+    note: str = ""  # caveat the report must show (e.g. "sparse weights run on dense kernels")
 
 
 class Method:
@@ -49,6 +57,12 @@ class Method:
     def dense_reference(self, model: nn.Module) -> nn.Module:
         """The trained model in the original architecture: the baseline of every drop."""
         return model
+
+    def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
+        """Called once before training; the returned function (if any) runs after every
+        ``loss.backward()`` and before ``optimizer.step()`` (e.g. a sparsity regularizer's
+        gradient term, as torch-pruning's ``pruner.regularize(model)``). Same steps either way."""
+        return None
 
     def skip_reason(self, model: nn.Module) -> str | None:
         """Why this method cannot apply to ``model`` (``None`` when it can)."""

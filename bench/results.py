@@ -41,6 +41,7 @@ class Record:
     flops_drop: float | None = None
     achieved_drop: float | None = None
     layers: dict[str, int] = field(default_factory=dict)
+    note: str = ""
     latency_device: str | None = None
     latency_batch: int | None = None
     latency_dense_ms: float | None = None

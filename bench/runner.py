@@ -24,6 +24,7 @@ from bench.train import accuracy, train
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
+CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
 CONFIG = "config.json"
 
 
@@ -65,17 +66,19 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
     if reason:
         return [Record(**_base(preset, method, t, seed, chash), status="skipped", reason=reason)
                 for t in targets]
+    head = head_of(model, data.num_classes)  # named in the original architecture
     model = method.prepare(model).to(dev)
+    calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
+                  num_classes=data.num_classes, head=head)
     stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
-                  progress=progress, desc=f"{method.name} s{seed} train")
+                  progress=progress, desc=f"{method.name} s{seed} train",
+                  after_backward=method.regularizer(model, calib))
     dense = method.dense_reference(model).eval()
     base_acc, base_top5, base_val = _accs(dense, data)
     dense_macs, dense_params = measure.counts(dense, data.input_shape, dev)
     lat_kw = {"device": dev, "rounds": preset.latency_rounds}
     dense_lat = measure.latency(dense, data.input_shape, batch_size=1, **lat_kw)
     dense_tput = measure.latency(dense, data.input_shape, batch_size=preset.throughput_batch, **lat_kw)
-    calib = Calib(example=data.train_x[:1], num_classes=data.num_classes,
-                  head=head_of(dense, data.num_classes))
     records = []
     for target in targets:
         common = _base(preset, method, target, seed, chash)
@@ -94,7 +97,7 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                 delta_acc=acc - base_acc, base_val_acc=base_val, val_acc=val,
                 dense_params=dense_params, params=params, params_drop=1 - params / dense_params,
                 dense_macs=dense_macs, macs=macs, flops_drop=1 - macs / dense_macs,
-                achieved_drop=out.achieved_drop, layers=out.layers,
+                achieved_drop=out.achieved_drop, layers=out.layers, note=out.note,
                 latency_device=lat.device, latency_batch=1, latency_dense_ms=dense_lat.median_ms,
                 latency_dense_iqr_ms=dense_lat.iqr_ms, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms,
                 throughput_batch=preset.throughput_batch, throughput_dense_ms=dense_tput.median_ms,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,12 +51,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: float, seed: int,
-          progress: bool = False, desc: str = "") -> TrainStats:
+          progress: bool = False, desc: str = "",
+          after_backward: Callable[[nn.Module], None] | None = None) -> TrainStats:
     """Train ``model`` in place for ``epochs`` epochs of ``data.train`` under ``budget``.
 
     Every epoch is one pass over a fresh permutation (seeded by ``seed`` and the epoch),
     in ``ceil(n / batch_size)`` optimizer steps; the schedule runs over all of them. The
-    data already lives on the model's device. Raises ``TrainingDiverged`` on a non-finite loss.
+    data already lives on the model's device. ``after_backward(model)`` runs between
+    ``backward()`` and ``step()`` (sparsity regularizers of pruning methods).
+    Raises ``TrainingDiverged`` on a non-finite loss.
     """
     n = len(data.train_x)
     per_epoch = steps_per_epoch(n, budget.batch_size)
@@ -80,6 +84,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
                 raise TrainingDiverged(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {steps + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward(model)
             opt.step()
             if sched is not None:
                 sched.step()
