@@ -1,5 +1,5 @@
 """Structured-pruning baselines: thin adapters over torch-pruning (no criterion re-implemented)."""
 
-from baselines.pruning import prune_to_target
+from baselines.pruning import BASELINES, prune_to_target
 
-__all__ = ["prune_to_target"]
+__all__ = ["BASELINES", "prune_to_target"]

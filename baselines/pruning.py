@@ -1,22 +1,40 @@
-"""Prune a trained model to a params/FLOPs drop with torch-pruning's ``BasePruner``.
+"""Structured and unstructured pruning baselines as thin adapters over torch-pruning.
 
-A baseline is a pairing (importance, global or layer-local): torch-pruning owns the
-criterion and the dependency graph; this module only searches the pruning ratio so
-that the *measured* drop of the pruned model lands on the target.
+A baseline is a pairing (importance criterion, global or layer-local ranking, optional
+sparsity regularizer during pre-training): torch-pruning owns the criteria, the regularizers
+and the dependency graph; this module only searches the pruning ratio so that the
+*measured* drop of the pruned model lands on the target, and keeps timm ViTs consistent
+after head pruning.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from lorita.counting import count_macs_params
 
-__all__ = ["l1_filter_importance", "prune_to_target"]
+__all__ = ["BASELINES", "Baseline", "has_batchnorm", "l1_filter_importance", "magnitude_unstructured",
+           "prune_to_target", "sparsity_regularizer"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Baseline:
+    """One pruning method: which importance, ranked globally or per layer, with which regularizer."""
+
+    importance: Callable[[], tp.importance.Importance]
+    global_pruning: bool
+    regularizer: str | None = None  # "group-norm" (DepGraph SL) or "bn-l1" (network slimming)
+    reg: float = 0.0
+    gradients: str | None = None  # "taylor" (one batch gradient) or "hessian" (per-sample, OBD)
+    needs_batchnorm: bool = False
 
 
 def l1_filter_importance() -> tp.importance.Importance:
@@ -24,27 +42,139 @@ def l1_filter_importance() -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
 
 
-def _prune(model: nn.Module, example: torch.Tensor, importance: tp.importance.Importance, ratio: float,
-           ignored: Sequence[nn.Module], global_pruning: bool) -> nn.Module:
+BASELINES: dict[str, Baseline] = {
+    "l1-filter": Baseline(importance=l1_filter_importance, global_pruning=False),
+    "group-l2": Baseline(importance=lambda: tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True),
+    # DepGraph's sparse learning: group-norm regularizer during pre-training (Fang et al. use 5e-4).
+    "depgraph-sl": Baseline(importance=lambda: tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+                            regularizer="group-norm", reg=5e-4),
+    # Network slimming: L1 on BN scales during pre-training (Liu et al. use 1e-4), global BN ranking.
+    "bn-slimming": Baseline(importance=lambda: tp.importance.BNScaleImportance(), global_pruning=True,
+                            regularizer="bn-l1", reg=1e-4, needs_batchnorm=True),
+    "taylor": Baseline(importance=lambda: tp.importance.GroupTaylorImportance(), global_pruning=True,
+                       gradients="taylor"),
+    "hessian": Baseline(importance=lambda: tp.importance.GroupHessianImportance(), global_pruning=True,
+                        gradients="hessian"),
+    "lamp": Baseline(importance=lambda: tp.importance.LAMPImportance(p=2), global_pruning=True),
+    "fpgm": Baseline(importance=lambda: tp.importance.FPGMImportance(p=2), global_pruning=False),
+    "random": Baseline(importance=lambda: tp.importance.RandomImportance(), global_pruning=False),
+}
+
+HESSIAN_SAMPLES = 32  # per-sample backward passes for the OBD diagonal estimate
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    try:
+        from timm.layers import Attention
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
+def _pruner_kwargs(model: nn.Module, ratio: float) -> dict:
+    """Extra pruner arguments so timm attention loses whole heads, consistently in q, k and v."""
+    attns = _attention_modules(model)
+    if not attns:
+        return {}
+    return {"num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
+            "prune_head_dims": False, "head_pruning_ratio": ratio}
+
+
+def _fix_attention(model: nn.Module, pruner: tp.pruner.BasePruner) -> None:
+    # timm 1.0 reads num_heads, head_dim and attn_dim in forward; torch-pruning only shrinks
+    # the Linear layers, so the attributes must follow the pruned qkv.
+    for m in _attention_modules(model):
+        m.num_heads = pruner.num_heads[m.qkv]
+        m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+        m.attn_dim = m.num_heads * m.head_dim
+
+
+def _gradients(model: nn.Module, importance: tp.importance.Importance, kind: str | None,
+               x: torch.Tensor, y: torch.Tensor) -> None:
+    if kind is None:
+        return
+    model.zero_grad(set_to_none=True)
+    if kind == "taylor":
+        F.cross_entropy(model(x), y).backward()
+    else:  # OBD: the diagonal Hessian from accumulated per-sample squared gradients
+        importance.zero_grad()
+        for i in range(min(HESSIAN_SAMPLES, len(x))):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+            importance.accumulate_grad(model)
+
+
+class TieBroken(tp.importance.Importance):
+    """A criterion whose exact ties are broken by group L2 magnitude.
+
+    Gradient criteria give exactly zero to every dead channel (a ReLU that never fires), so
+    a ratio that crosses that tie prunes all of them at once and the achieved drop jumps
+    past the target. The magnitude term is scaled to 1e-6 of the criterion's range: it
+    reorders only channels the criterion cannot tell apart.
+    """
+
+    def __init__(self, base: tp.importance.Importance) -> None:
+        self.base = base
+        self.magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+
+    def __getattr__(self, name: str):
+        # zero_grad / accumulate_grad of the Hessian criterion, and anything else it offers
+        return getattr(self.base, name)
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        imp = self.base(group, **kwargs)
+        if imp is None:
+            return imp
+        mag = self.magnitude(group)
+        if mag is None or mag.shape != imp.shape:
+            return imp
+        span = float(imp.max() - imp.min()) or 1.0
+        return imp + 1e-6 * span * mag / (float(mag.max()) + 1e-12)
+
+
+def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
+           ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None) -> nn.Module:
     pruned = copy.deepcopy(model)
-    mapping = dict(zip(model.modules(), pruned.modules(), strict=True))
+    importance = TieBroken(baseline.importance())
+    if baseline.gradients is not None:
+        if calib is None:
+            raise ValueError(f"{baseline.gradients} importance needs a labelled calibration batch")
+        _gradients(pruned, importance, baseline.gradients, *calib)
     pruner = tp.pruner.BasePruner(
-        pruned, example, importance=importance, pruning_ratio=ratio,
-        global_pruning=global_pruning, ignored_layers=[mapping[m] for m in ignored])
+        pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], **_pruner_kwargs(pruned, ratio))
     pruner.step()
+    _fix_attention(pruned, pruner)
+    pruned.zero_grad(set_to_none=True)
     return pruned
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop: float,
-                    importance_factory: Callable[[], tp.importance.Importance],
-                    ignored: Sequence[nn.Module] = (), global_pruning: bool = False,
+                    baseline: Baseline | None = None,
+                    importance_factory: Callable[[], tp.importance.Importance] | None = None,
+                    ignored: Sequence[nn.Module | str] = (), global_pruning: bool = False,
+                    calib: tuple[torch.Tensor, torch.Tensor] | None = None,
                     tolerance: float = 0.005, max_iter: int = 20) -> tuple[nn.Module, float]:
     """A pruned copy of ``model`` whose measured ``kind`` ("params"/"flops") drop is near ``drop``.
 
-    Bisection on torch-pruning's ``pruning_ratio`` (the measured drop grows with it);
-    stops within ``tolerance`` of the target or after ``max_iter`` tries and returns the
-    closest pruned model and its achieved drop. ``ignored`` layers keep their output width.
+    Either ``baseline`` or ``importance_factory`` (+ ``global_pruning``) names the criterion.
+    Bisection on torch-pruning's ``pruning_ratio`` (the measured drop grows with it) until
+    within ``tolerance`` of the target, else the closest of ``max_iter`` tries; returns the
+    pruned model and its achieved drop. ``ignored`` layers (modules or qualified names, e.g.
+    the classifier) keep their output width. ``calib`` = (inputs, labels) from the train split
+    for gradient-based importances. ``model`` is not modified.
     """
+    if baseline is None:
+        if importance_factory is None:
+            raise TypeError("pass a baseline or an importance_factory")
+        baseline = Baseline(importance=importance_factory, global_pruning=global_pruning)
+    names = {m: n for n, m in model.named_modules()}
+    ignored_names = [n if isinstance(n, str) else names[n] for n in ignored]
     was_training = model.training
     model.eval()
     macs0, params0 = count_macs_params(model, example)
@@ -57,7 +187,7 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     best: tuple[float, nn.Module | None, float] = (float("inf"), None, 0.0)
     for _ in range(max_iter):
         ratio = (lo + hi) / 2
-        pruned = _prune(model, example, importance_factory(), ratio, ignored, global_pruning)
+        pruned = _prune(model, example, baseline, ratio, ignored_names, calib)
         got = achieved(pruned)
         if abs(got - drop) < best[0]:
             best = (abs(got - drop), pruned, got)
@@ -68,3 +198,55 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     _, pruned, got = best
     pruned.train(was_training)
     return pruned, got
+
+
+def sparsity_regularizer(model: nn.Module, example: torch.Tensor, baseline: Baseline,
+                         ignored: Sequence[str] = ()) -> Callable[[nn.Module], None] | None:
+    """The after-backward gradient term of the baseline's sparse pre-training, or ``None``.
+
+    DepGraph SL: ``GroupNormPruner.regularize``; network slimming: ``BNScalePruner.regularize``
+    (L1 sub-gradient on BN scales). Both are torch-pruning's own implementations.
+    """
+    if baseline.regularizer is None:
+        return None
+    cls = tp.pruner.GroupNormPruner if baseline.regularizer == "group-norm" else tp.pruner.BNScalePruner
+    pruner = cls(model, example, importance=baseline.importance(), reg=baseline.reg,
+                 global_pruning=baseline.global_pruning,
+                 ignored_layers=[model.get_submodule(n) for n in ignored], **_pruner_kwargs(model, 0.0))
+
+    def regularize(m: nn.Module) -> None:
+        pruner.regularize(m)
+    return regularize
+
+
+def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+def magnitude_unstructured(model: nn.Module, drop: float) -> tuple[nn.Module, float]:
+    """Global unstructured L1 magnitude pruning (``torch.nn.utils.prune``) of ``drop`` of all parameters.
+
+    Masks stay attached (so fine-tuning keeps pruned weights at zero); call
+    ``make_permanent`` afterwards. The achieved drop counts zeroed weights as removed;
+    it falls short of ``drop`` only when the Linear/Conv weights are fewer than that.
+    """
+    pruned = copy.deepcopy(model)
+    total = sum(p.numel() for p in pruned.parameters())
+    params = _prunable(pruned)
+    prunable = sum(getattr(m, n).numel() for m, n in params)
+    amount = min(prunable, round(drop * total))
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=amount)
+    return pruned, amount / total
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold ``torch.nn.utils.prune`` masks into the weights (zeros stay zeros); in place."""
+    for m in model.modules():
+        if torch_prune.is_pruned(m) and hasattr(m, "weight_mask"):
+            torch_prune.remove(m, "weight")
+    return model
+
+
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero: what unstructured pruning keeps."""
+    return int(sum(int((p != 0).sum()) for p in model.parameters()))

@@ -7,3 +7,7 @@ class UsageError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the run is recorded as failed and the suite goes on."""
+
+
+class NotApplicable(Exception):
+    """A method cannot apply to this model or target; recorded as skipped with this reason."""

@@ -18,6 +18,7 @@ from torch import nn
 import lorita
 from baselines import pruning
 from bench.budget import Target
+from bench.errors import NotApplicable
 from bench.registry import METHODS
 
 
@@ -68,7 +69,16 @@ class Method:
         """Why this method cannot apply to ``model`` (``None`` when it can)."""
         return None
 
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The model as deployed, after fine-tuning (e.g. pruning masks made permanent)."""
+        return model
+
+    def deployed_params(self, model: nn.Module, counted: int) -> int:
+        """Parameters the deployed model really keeps; ``counted`` is torch-pruning's count."""
+        return counted
+
     def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        """The deployed model at ``target``; raises ``NotApplicable`` for a target it cannot meet."""
         raise NotImplementedError
 
     @property
@@ -125,22 +135,79 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TorchPruning(Method):
-    """Pre-train, prune once to the target with a torch-pruning importance, fine-tune."""
+    """Pre-train (with the baseline's sparsity regularizer, if any), prune once to the target, fine-tune."""
 
     name: str
-    importance: str
-    global_pruning: bool = False
     family: str = "pruning"
 
+    @property
+    def baseline(self) -> pruning.Baseline:
+        return pruning.BASELINES[self.name]
+
+    def skip_reason(self, model: nn.Module) -> str | None:
+        if self.baseline.needs_batchnorm and not pruning.has_batchnorm(model):
+            return f"{self.name} ranks channels by BatchNorm scales and this model has no BatchNorm"
+        return None
+
+    def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
+        return pruning.sparsity_regularizer(model, calib.example, self.baseline,
+                                            ignored=[calib.head] if calib.head else [])
+
     def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
-        factory = {"l1-filter": pruning.l1_filter_importance}[self.importance]
-        ignored = [model.get_submodule(calib.head)] if calib.head is not None else []
         pruned, got = pruning.prune_to_target(
-            model, calib.example, kind=target.kind, drop=target.drop, importance_factory=factory,
-            ignored=ignored, global_pruning=self.global_pruning)
+            model, calib.example, kind=target.kind, drop=target.drop, baseline=self.baseline,
+            ignored=[calib.head] if calib.head else [], calib=(calib.batch_x, calib.batch_y))
         return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned))
 
 
-METHODS.add("l1-filter", TorchPruning(name="l1-filter", importance="l1-filter"), family="pruning",
-            description="L1-norm filter/neuron pruning, same ratio in every layer (torch-pruning)",
-            paper="Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017")
+_PRUNING = {
+    "l1-filter": ("L1-norm filter/neuron pruning, same ratio in every layer",
+                  "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017"),
+    "group-l2": ("DepGraph group L2-magnitude pruning, ranked globally across layers",
+                 "Fang et al., DepGraph: Towards Any Structural Pruning, CVPR 2023"),
+    "depgraph-sl": ("DepGraph with group-norm sparse learning during pre-training, then global group L2",
+                    "Fang et al., DepGraph: Towards Any Structural Pruning, CVPR 2023"),
+    "bn-slimming": ("network slimming: L1 on BN scales during pre-training, global BN-scale ranking",
+                    "Liu et al., Learning Efficient Convolutional Networks through Network Slimming, ICCV 2017"),
+    "taylor": ("first-order Taylor importance on a train-split calibration batch, global",
+               "Molchanov et al., Importance Estimation for Neural Network Pruning, CVPR 2019"),
+    "hessian": ("OBD diagonal-Hessian importance from per-sample train gradients, global",
+                "LeCun et al., Optimal Brain Damage, NeurIPS 1989"),
+    "lamp": ("layer-adaptive magnitude (LAMP) scores, global",
+             "Lee et al., Layer-adaptive Sparsity for the Magnitude-based Pruning, ICLR 2021"),
+    "fpgm": ("filter pruning via geometric median, per layer",
+             "He et al., Filter Pruning via Geometric Median, CVPR 2019"),
+    "random": ("random channels, same ratio in every layer: the control every method must beat",
+               "Li et al., Revisiting Random Channel Pruning, CVPR 2022"),
+}
+for _name, (_desc, _paper) in _PRUNING.items():
+    METHODS.add(_name, TorchPruning(name=_name), family="pruning", description=_desc + " (torch-pruning)",
+                paper=_paper)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MagnitudeUnstructured(Method):
+    """Global unstructured weight magnitude pruning; masks kept through fine-tuning."""
+
+    name: str = "magnitude-unstructured"
+    family: str = "pruning"
+    note = ("unstructured: Params↓ counts zeroed weights as removed; FLOPs and latency are measured on the "
+            "dense kernels it runs with, so no speed-up is claimed")
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        if target.kind != "params":
+            raise NotApplicable("unstructured sparsity removes no FLOPs on dense kernels; use a params target")
+        pruned, got = pruning.magnitude_unstructured(model, target.drop)
+        return Compressed(model=pruned, achieved_drop=got, note=self.note)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return pruning.make_permanent(model)
+
+    def deployed_params(self, model: nn.Module, counted: int) -> int:
+        return pruning.nonzero_params(model)
+
+
+METHODS.add("magnitude-unstructured", MagnitudeUnstructured(), family="pruning",
+            description="global unstructured L1 weight magnitude (torch.nn.utils.prune); zeros counted as "
+            "removed, FLOPs/latency on dense kernels",
+            paper="Han et al., Learning both Weights and Connections, NeurIPS 2015")

@@ -66,8 +66,20 @@ QUICK_BUDGET = Budget(epochs=40, finetune_epochs=5, batch_size=64, optimizer="sg
 
 PRESETS.add("quick", Preset(
     dataset="digits", model="fcn", model_options={"depth": 4, "width": 128},
-    methods=("lorita-n1", "lorita-n2", "lorita-n3", "l1-filter"),
+    methods=("lorita-n1", "lorita-n2", "lorita-n3", "l1-filter", "group-l2", "taylor", "random",
+             "magnitude-unstructured"),
     targets=(Target(kind="params", drop=0.5), Target(kind="params", drop=0.7),
              Target(kind="params", drop=0.9)),
-    budget=QUICK_BUDGET), description="LoRITa N=1,2,3 vs L1 filter pruning, FCN on digits, "
-    "params drop 50/70/90%; a few minutes on 2 CPU cores")
+    budget=QUICK_BUDGET), description="LoRITa N=1,2,3 vs L1-filter, group-L2, Taylor, random and "
+    "unstructured magnitude pruning, FCN on digits, params drop 50/70/90%; under a minute on 2 CPU cores")
+
+# The regression gate's preset: small enough to run twice in CI on 2 CPU cores, with a LoRITa
+# N=1 vs N=3 pair and a pruning baseline so that a broken method, counter or budget shows up.
+# reference/ci.jsonl holds its committed results; regenerate it whenever this preset changes.
+PRESETS.add("ci", Preset(
+    dataset="digits", model="fcn", model_options={"depth": 4, "width": 128},
+    methods=("lorita-n1", "lorita-n3", "l1-filter"),
+    targets=(Target(kind="params", drop=0.5), Target(kind="params", drop=0.8)),
+    budget=replace(QUICK_BUDGET, epochs=20, finetune_epochs=3), latency_rounds=20),
+    description="regression gate: LoRITa N=1,3 vs L1 filter pruning, FCN on digits, params drop "
+    "50/80%, 20 epochs; results committed as reference/ci.jsonl")

@@ -15,6 +15,7 @@ from bench import data as data_mod
 from bench import measure
 from bench.budget import Target
 from bench.data import Splits
+from bench.errors import NotApplicable
 from bench.methods import Calib, Method
 from bench.models import build, head_of
 from bench.presets import Preset
@@ -87,9 +88,10 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
             deployed = out.model.to(dev)
             ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr,
                        seed=seed + 1, progress=progress, desc=f"{method.name} {target} fine-tune")
-            deployed.eval()
+            deployed = method.finalize(deployed).eval()
             acc, top5, val = _accs(deployed, data)
             macs, params = measure.counts(deployed, data.input_shape, dev)
+            params = method.deployed_params(deployed, params)
             lat = measure.latency(deployed, data.input_shape, batch_size=1, **lat_kw)
             tput = measure.latency(deployed, data.input_shape, batch_size=preset.throughput_batch, **lat_kw)
             records.append(Record(
@@ -104,6 +106,8 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                 throughput_ms=tput.median_ms, pretrain_steps=stats.steps, finetune_steps=ft.steps,
                 train_steps=stats.steps + ft.steps,
                 train_wall_s=stats.wall_s + ft.wall_s))
+        except NotApplicable as why:
+            records.append(Record(**common, status="skipped", reason=str(why)))
         except Exception as err:  # one failing target must not sink the others
             log.exception("%s at %s failed", method.name, target)
             records.append(Record(**common, status="failed", reason=f"{type(err).__name__}: {err}"))

@@ -9,6 +9,7 @@ import pytest
 from bench import runner
 from bench.cli import main
 from bench.methods import LoRITa
+from bench.registry import PRESETS
 from bench.results import load_records
 
 
@@ -24,13 +25,17 @@ def test_quick_preset_runs_every_method_at_every_target(quick_run, capsys):
     assert code == 0
     records = load_records(out / "results.jsonl")
     assert {(r.method, r.target_drop) for r in records} == {
-        (m, t) for m in ("lorita-n1", "lorita-n2", "lorita-n3", "l1-filter") for t in (0.5, 0.7, 0.9)}
+        (m, t) for m in PRESETS.get("quick").methods for t in (0.5, 0.7, 0.9)}
     assert all(r.status == "ok" for r in records), [r.reason for r in records if r.status != "ok"]
     assert len({r.train_steps for r in records}) == 1  # one budget for all
     for r in records:
         # Counted on the deployed model, and on target within one point.
         assert abs(r.params_drop - r.target_drop) <= 0.01, (r.method, r.params_drop)
-        assert r.params < r.dense_params and r.macs < r.dense_macs
+        assert r.params < r.dense_params
+        if r.method == "magnitude-unstructured":  # zeros run on dense kernels: no FLOPs saved
+            assert r.macs == r.dense_macs and "dense kernels" in r.note
+        else:
+            assert r.macs < r.dense_macs
         assert 0.1 < r.acc <= 1 and r.latency_ms > 0 and r.throughput_ms > 0
     lorita_90 = [r for r in records if r.family == "lorita" and r.target_drop == 0.9]
     assert all(min(r.layers.values()) >= 1 for r in lorita_90)
