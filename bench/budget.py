@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from bench.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "step", "onecycle", "constant")
 TARGET_KINDS = ("params", "flops")
 
 
@@ -34,6 +34,8 @@ class Budget:
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of each phase's steps
+    gamma: float = 0.1  # "step": lr factor at each milestone
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class Budget:
         need(self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "a number > 0")
         need(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        need(all(0 < m < 1 for m in self.milestones), "milestones", self.milestones, "fractions in (0, 1)")
+        need(0 < self.gamma <= 1, "gamma", self.gamma, "a number in (0, 1]")
         need(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
 
     @property

@@ -18,6 +18,10 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise UsageError(f"bad {what} {text!r}; accepted: comma-separated integers, e.g. 0,1,2") from None
 
 
+BUDGET_FLAGS = ("epochs", "finetune_epochs", "batch_size", "optimizer", "lr", "finetune_lr", "weight_decay",
+                "schedule", "label_smoothing")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench.registry import DATASETS, METHODS, MODELS, PRESETS, load_all
 
@@ -40,13 +44,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     load_all()
     preset = PRESETS.get(args.preset)
-    budget = preset.budget
-    if args.epochs is not None or args.finetune_epochs is not None:
-        budget = replace(budget, **{k: v for k, v in (("epochs", args.epochs),
-                                                      ("finetune_epochs", args.finetune_epochs))
-                                    if v is not None})
+    budget_changes = {k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None}
+    budget = replace(preset.budget, **budget_changes) if budget_changes else preset.budget
     preset = preset.override(
         dataset=args.dataset, model=args.model, device=args.device, budget=budget,
+        amp=False if args.no_amp else None, compile=True if args.compile else None,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
         targets=parse_targets(args.targets) if args.targets else None,
         seeds=_ints(args.seeds, "seeds") if args.seeds else None)
@@ -55,7 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          "to --data-dir, or add --download")
     out = Path(args.out)
     records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
-                         progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr))
+                         progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr),
+                         cache_dir=args.cache_dir)
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
     path = render(dicts, out, config=preset.to_dict())
@@ -94,8 +97,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--model")
     run.add_argument("--methods", help="comma-separated, e.g. lorita-n1,lorita-n3,l1-filter")
     run.add_argument("--targets", help="e.g. params:0.5,0.7,0.9 or flops:0.5")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--finetune-epochs", type=int)
+    run.add_argument("--epochs", type=int, help="total epochs per method (before + after compression)")
+    run.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning after compression")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--optimizer", help="sgd or adamw")
+    run.add_argument("--lr", type=float)
+    run.add_argument("--finetune-lr", type=float)
+    run.add_argument("--weight-decay", type=float)
+    run.add_argument("--schedule", help="cosine, step, onecycle or constant")
+    run.add_argument("--label-smoothing", type=float)
+    run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    run.add_argument("--cache-dir", help="trained-model checkpoints (default ~/.cache/lorita-bench/checkpoints)")
     run.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
     run.add_argument("--device", help="cpu, cuda or cuda:N")
     run.add_argument("--data-dir")

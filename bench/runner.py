@@ -6,13 +6,14 @@ import copy
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from bench import cache, measure
 from bench import data as data_mod
-from bench import measure
 from bench.budget import Target
 from bench.data import Splits
 from bench.errors import NotApplicable
@@ -21,7 +22,7 @@ from bench.models import build, head_of
 from bench.presets import Preset
 from bench.registry import METHODS
 from bench.results import Record, append_record, atomic_write_text, load_records
-from bench.train import accuracy, train
+from bench.train import TrainStats, accuracy, train
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
@@ -54,11 +55,19 @@ def _accs(model: torch.nn.Module, data: Splits) -> tuple[float, float | None, fl
     return accuracy(model, data.test_x, data.test_y), top5, accuracy(model, data.val_x, data.val_y)
 
 
+def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
+    """Cache key of the trained model: everything that determines its weights."""
+    return cache.cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
+                            "prepare": method.name, "budget": asdict(preset.budget), "seed": seed,
+                            "device": torch.device(preset.device).type, "versions": versions()})
+
+
 def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
-               progress: bool = False) -> list[Record]:
-    """Every record of one (method, seed): one training, then one compression per target.
+               progress: bool = False, cache_dir: Path | None = None) -> list[Record]:
+    """Every record of one (method, seed): one training (or a cached one), then one compression per target.
 
     A target whose compression or fine-tuning fails becomes a failed record; the others go on.
+    With ``cache_dir``, the trained model is loaded from / saved to a checkpoint there.
     """
     budget, dev, chash = preset.budget, preset.device, preset.config_hash()
     torch.manual_seed(seed)  # the same initial weights for every method at this seed
@@ -71,9 +80,17 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
     model = method.prepare(model).to(dev)
     calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
                   num_classes=data.num_classes, head=head)
-    stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
-                  progress=progress, desc=f"{method.name} s{seed} train",
-                  after_backward=method.regularizer(model, calib))
+    path = cache_dir / f"{checkpoint_key(preset, method, seed)}.pt" if cache_dir is not None else None
+    meta = cache.load(path, model) if path is not None else None
+    if meta is not None:
+        stats = TrainStats(**meta["stats"])
+        log.info("%s seed %d: trained model from cache %s", method.name, seed, path)
+    else:
+        stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
+                      progress=progress, desc=f"{method.name} s{seed} train",
+                      after_backward=method.regularizer(model, calib), **preset.speed())
+        if path is not None:
+            cache.save(path, model, {"stats": asdict(stats)})
     dense = method.dense_reference(model).eval()
     base_acc, base_top5, base_val = _accs(dense, data)
     dense_macs, dense_params = measure.counts(dense, data.input_shape, dev)
@@ -87,7 +104,8 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
             out = method.compress(copy.deepcopy(model), target, calib)
             deployed = out.model.to(dev)
             ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr,
-                       seed=seed + 1, progress=progress, desc=f"{method.name} {target} fine-tune")
+                       seed=seed + 1, progress=progress, desc=f"{method.name} {target} fine-tune",
+                       **preset.speed())
             deployed = method.finalize(deployed).eval()
             acc, top5, val = _accs(deployed, data)
             macs, params = measure.counts(deployed, data.input_shape, dev)
@@ -128,12 +146,15 @@ def check_budget(records: list[Record]) -> None:
 
 
 def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download: bool = False,
-        progress: bool = True, echo: Callable[[str], None] = print) -> list[Record]:
+        progress: bool = True, echo: Callable[[str], None] = print, cache_dir: Path | None = None
+        ) -> list[Record]:
     """Run ``preset``, appending records to ``out_dir/results.jsonl``; returns this config's records.
 
     Resumable: a (method, target, seed) already recorded as ok or skipped under the same
-    config hash is not run again. The resolved preset is saved as ``out_dir/config.json``.
+    config hash is not run again; trained models come from ``cache_dir`` (default
+    ``bench.cache.default_dir()``) when there. The resolved preset is saved as ``out_dir/config.json``.
     """
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_dir()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -152,7 +173,7 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
                    if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done]
         if pending:
             try:
-                records = run_method(preset, method, data, pending, seed, progress=progress)
+                records = run_method(preset, method, data, pending, seed, progress=progress, cache_dir=cache_dir)
             except Exception as err:  # one failing method must not sink the others
                 log.exception("%s seed %d failed", name, seed)
                 records = [Record(**_base(preset, method, t, seed, chash), status="failed",
