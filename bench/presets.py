@@ -29,6 +29,9 @@ class Preset:
     device: str = "cpu"
     latency_rounds: int = 30
     throughput_batch: int = 256
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC conv nets on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the training forward pass
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -44,13 +47,17 @@ class Preset:
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"bad device {self.device!r}; accepted: cpu, cuda, cuda:N")
 
+    def speed(self) -> dict[str, bool]:
+        """The training loop's speed options (they change how fast, not what is trained)."""
+        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def config_hash(self) -> str:
         """Hash of what determines a trained model and its numbers (not the method list or targets)."""
         key = {"dataset": self.dataset, "model": self.model, "model_options": self.model_options,
-               "budget": asdict(self.budget), "device": self.device}
+               "budget": asdict(self.budget), "device": self.device, "amp": self.amp}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
     def override(self, **changes: Any) -> Preset:
