@@ -10,6 +10,7 @@ after head pruning.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,13 +76,31 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
+def head_ratio_for(model: nn.Module, drop: float) -> float:
+    """Fraction of heads to remove for a ``drop`` target: whole heads, never all of them.
+
+    Heads come in a handful per block, so a ratio search that also moved the head count
+    would jump past the target; the head fraction is fixed to ``floor(drop·H)/H`` and the
+    search moves only the channel widths (embedding, MLP hidden) to land on the target.
+    """
+    heads = [m.num_heads for m in _attention_modules(model)]
+    if not heads:
+        return 0.0
+    h = min(heads)
+    return min(h - 1, math.floor(drop * h + 1e-9)) / h
+
+
 def _pruner_kwargs(model: nn.Module, ratio: float) -> dict:
-    """Extra pruner arguments so timm attention loses whole heads, consistently in q, k and v."""
+    """Extra pruner arguments so timm attention loses whole heads (``ratio`` of them) in q, k and v."""
     attns = _attention_modules(model)
     if not attns:
         return {}
+    # timm's token/position embeddings are bare Parameters whose last dim is the embedding
+    # width; naming them tells torch-pruning (and its warning) that this is intended.
+    unwrapped = [(p, p.dim() - 1) for n in ("cls_token", "reg_token", "dist_token", "pos_embed")
+                 if isinstance(p := getattr(model, n, None), nn.Parameter)]
     return {"num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
-            "prune_head_dims": False, "head_pruning_ratio": ratio}
+            "prune_head_dims": False, "head_pruning_ratio": ratio, "unwrapped_parameters": unwrapped}
 
 
 def _fix_attention(model: nn.Module, pruner: tp.pruner.BasePruner) -> None:
@@ -138,7 +157,8 @@ class TieBroken(tp.importance.Importance):
 
 
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
-           ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None) -> nn.Module:
+           ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
+           head_ratio: float = 0.0) -> nn.Module:
     pruned = copy.deepcopy(model)
     importance = TieBroken(baseline.importance())
     if baseline.gradients is not None:
@@ -147,7 +167,7 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
         _gradients(pruned, importance, baseline.gradients, *calib)
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
-        ignored_layers=[pruned.get_submodule(n) for n in ignored], **_pruner_kwargs(pruned, ratio))
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], **_pruner_kwargs(pruned, head_ratio))
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)
@@ -187,7 +207,7 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     best: tuple[float, nn.Module | None, float] = (float("inf"), None, 0.0)
     for _ in range(max_iter):
         ratio = (lo + hi) / 2
-        pruned = _prune(model, example, baseline, ratio, ignored_names, calib)
+        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio_for(model, drop))
         got = achieved(pruned)
         if abs(got - drop) < best[0]:
             best = (abs(got - drop), pruned, got)

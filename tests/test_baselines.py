@@ -1,0 +1,145 @@
+"""Pruning baselines on every model family: they run, hit the measured target, keep the head."""
+
+import pytest
+import torch
+from torch import nn
+
+from baselines import pruning
+from bench.budget import Budget, Target
+from bench.errors import NotApplicable
+from bench.methods import Calib
+from bench.models import build, head_of
+from bench.registry import METHODS, load_all
+from lorita.counting import count_macs_params
+
+load_all()
+PRUNING = [e.name for e in METHODS if e.meta.get("family") == "pruning" and e.name != "magnitude-unstructured"]
+FAMILIES = {
+    "fcn": ((1, 8, 8), {"depth": 4, "width": 64}),
+    "vgg16": ((3, 16, 16), {"width": 0.125}),
+    "resnet20": ((3, 16, 16), {"width": 0.5}),
+    "vit": ((3, 16, 16), {"embed_dim": 48, "depth": 2, "num_heads": 4}),
+}
+
+
+def _setup(family, num_classes=10):
+    shape, options = FAMILIES[family]
+    torch.manual_seed(0)
+    model = build(family, num_classes, shape, options).eval()
+    with torch.no_grad():  # random weights everywhere: BN scales start at exactly 1, a pure tie
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 1.5)
+    x = torch.randn(16, *shape)
+    calib = Calib(example=x[:1], batch_x=x, batch_y=torch.arange(16) % num_classes, num_classes=num_classes,
+                  head=head_of(model, num_classes))
+    return model, calib
+
+
+def test_every_baseline_is_registered_with_its_paper():
+    for name in ("l1-filter", "group-l2", "depgraph-sl", "bn-slimming", "taylor", "hessian", "lamp", "fpgm",
+                 "random", "magnitude-unstructured"):
+        entry = METHODS.entry(name)
+        assert entry.meta["family"] == "pruning" and entry.meta["paper"] and entry.description
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", PRUNING)
+def test_baseline_prunes_to_the_measured_target_and_still_runs(family, name):
+    model, calib = _setup(family)
+    method = METHODS.get(name)
+    if method.skip_reason(model):
+        assert name == "bn-slimming" and family in ("fcn", "vit")
+        assert "BatchNorm" in method.skip_reason(model)
+        return
+    target = Target(kind="params" if name != "lamp" else "flops", drop=0.5)
+    out = method.compress(model, target, calib)
+    macs0, params0 = count_macs_params(model, calib.example)
+    macs1, params1 = count_macs_params(out.model, calib.example)
+    achieved = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+    assert abs(achieved - 0.5) <= 0.01, f"{name} on {family}: {achieved:.4f}"
+    assert out.achieved_drop == pytest.approx(achieved)
+    with torch.no_grad():
+        assert out.model(calib.batch_x).shape == (16, 10)  # the head's width is never pruned
+    assert out.model.get_submodule(calib.head).out_features == 10
+
+
+def test_pruned_vit_loses_whole_heads_and_counts_what_it_runs():
+    from timm.layers import Attention
+
+    model, calib = _setup("vit")
+    out = METHODS.get("group-l2").compress(model, Target(kind="flops", drop=0.4), calib)
+    attns = [m for m in out.model.modules() if isinstance(m, Attention)]
+    assert any(a.num_heads < 4 for a in attns)
+    tokens = 1 + (16 // 4) ** 2
+    for a in attns:
+        assert a.qkv.out_features == 3 * a.num_heads * a.head_dim == 3 * a.attn_dim
+        assert a.proj.in_features == a.attn_dim
+    # Independent count: every Linear/Conv from its shape, plus attention's own products.
+    expected = 0
+    for m in out.model.modules():
+        if isinstance(m, nn.Linear):
+            rows = 1 if m is out.model.head else tokens
+            expected += rows * m.in_features * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            expected += (16 // 4) ** 2 * m.in_channels * m.out_channels * 16
+        elif isinstance(m, Attention):
+            expected += tokens * m.attn_dim + m.num_heads * (2 * tokens * tokens * m.head_dim + tokens * tokens)
+    counted, _ = count_macs_params(out.model, calib.example)
+    # The counter adds biases, norms and activations on top of these products: a few percent.
+    assert expected <= counted <= expected * 1.1
+    with torch.no_grad():
+        out.model(calib.batch_x)
+
+
+def test_unstructured_magnitude_counts_zeros_and_claims_no_flops():
+    model, calib = _setup("fcn")
+    method = METHODS.get("magnitude-unstructured")
+    out = method.compress(model, Target(kind="params", drop=0.7), calib)
+    final = method.finalize(out.model)
+    total = sum(p.numel() for p in model.parameters())
+    kept = method.deployed_params(final, total)
+    assert abs(1 - kept / total - 0.7) <= 0.01
+    assert count_macs_params(final, calib.example)[0] == count_macs_params(model, calib.example)[0]
+    assert "dense kernels" in out.note
+    with pytest.raises(NotApplicable, match="FLOPs"):
+        method.compress(model, Target(kind="flops", drop=0.5), calib)
+
+
+def test_masks_keep_pruned_weights_at_zero_through_fine_tuning():
+    from bench import data as data_mod
+    from bench.train import train
+
+    d = data_mod.load("digits")
+    torch.manual_seed(0)
+    model = build("fcn", 10, d.input_shape, {"depth": 3, "width": 32})
+    pruned, _ = pruning.magnitude_unstructured(model, 0.6)
+    zeros_before = sum(int((m.weight == 0).sum()) for m in pruned.modules() if isinstance(m, nn.Linear))
+    train(pruned, d, Budget(epochs=2, finetune_epochs=0), epochs=1, lr=0.05, seed=0)
+    pruning.make_permanent(pruned)
+    zeros_after = sum(int((m.weight == 0).sum()) for m in pruned.modules() if isinstance(m, nn.Linear))
+    assert zeros_after >= zeros_before > 0
+
+
+@pytest.mark.parametrize("name", ["depgraph-sl", "bn-slimming"])
+def test_sparse_learning_regularizer_changes_pre_training(name):
+    from bench import data as data_mod
+    from bench.train import train
+
+    d = data_mod.load("digits")
+    shape = d.input_shape
+    torch.manual_seed(0)
+    base = build("vgg16", 10, shape, {"width": 0.0625})
+    model, plain = base, build("vgg16", 10, shape, {"width": 0.0625})
+    plain.load_state_dict(base.state_dict())
+    calib = Calib(example=d.train_x[:1], batch_x=d.train_x[:8], batch_y=d.train_y[:8], num_classes=10,
+                  head=head_of(model, 10))
+    reg = METHODS.get(name).regularizer(model, calib)
+    assert reg is not None
+    budget = Budget(epochs=2, finetune_epochs=0, batch_size=256)
+    a = train(model, d, budget, epochs=1, lr=0.05, seed=0, after_backward=reg)
+    b = train(plain, d, budget, epochs=1, lr=0.05, seed=0)
+    assert a.steps == b.steps  # the regularizer adds gradient, not steps
+    diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), plain.parameters(), strict=True))
+    assert diff > 1e-6
+    assert METHODS.get("group-l2").regularizer(model, calib) is None
