@@ -16,7 +16,7 @@ from bench import cache, measure
 from bench import data as data_mod
 from bench.budget import Target
 from bench.data import Splits
-from bench.errors import NotApplicable
+from bench.errors import NotApplicable, UsageError
 from bench.methods import Calib, Method
 from bench.models import build, head_of
 from bench.presets import Preset
@@ -155,6 +155,9 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     ``bench.cache.default_dir()``) when there. The resolved preset is saved as ``out_dir/config.json``.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_dir()
+    if torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {preset.device!r} requested but CUDA is not available here; "
+                         "accepted: --device cpu, or run on a machine with a CUDA GPU")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
