@@ -35,14 +35,28 @@ def device_name(device: str | torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-@torch.inference_mode()
 def latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
-            device: str = "cpu", warmup: int = 10, rounds: int = 50) -> Latency:
+            device: str = "cpu", warmup: int = 10, rounds: int = 50, cpu_threads: int | None = 1) -> Latency:
     """Median and IQR of one forward pass, in eval mode, after ``warmup`` passes.
 
     On CUDA each round is timed with CUDA events (kernel time, synchronized); on CPU with
-    ``perf_counter`` at the process's current thread count. The model's mode is restored.
+    ``perf_counter`` at ``cpu_threads`` intra-op threads (fixed, so numbers from machines
+    with different core counts or a busy neighbour stay comparable; ``None`` keeps torch's
+    setting). The model's mode and torch's thread count are restored.
     """
+    if torch.device(device).type != "cpu" or cpu_threads is None:
+        return _latency(model, input_shape, batch_size, device, warmup, rounds)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads)
+    try:
+        return _latency(model, input_shape, batch_size, device, warmup, rounds)
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.inference_mode()
+def _latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: str, warmup: int,
+             rounds: int) -> Latency:
     was_training = model.training
     model.eval()
     x = torch.randn(batch_size, *input_shape, device=device)
