@@ -7,12 +7,12 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import bench.data
+import bench.data  # registers the datasets and methods presets refer to
 import bench.methods
-import bench.models  # noqa: F401  (fill the tables presets refer to)
+import bench.models
 from bench.budget import Budget, Target
 from bench.errors import UsageError
-from bench.registry import DATASETS, METHODS, MODELS, PRESETS
+from bench.registry import DATASETS, METHODS, PRESETS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +35,7 @@ class Preset:
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
-        MODELS.entry(self.model)
+        bench.models.resolve(self.model)  # registered names and timm:<arch>
         for m in self.methods:
             METHODS.entry(m)
         if not self.methods:

@@ -6,10 +6,6 @@ image carries its index in the file in pixel (0, 0, 0), so each loaded sample ca
 traced back to where it came from.
 """
 
-import gzip
-import hashlib
-import pickle
-import struct
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
+from realformat import idx_bytes, idx_set, trust_written_cifar, write_cifar, write_idx
 
 from bench import data
 from bench.errors import UsageError
@@ -32,85 +29,6 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     monkeypatch.setattr(data, "VAL_SIZE", 10)
-
-
-def _images(rng, n, shape):
-    x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
-    x.reshape(n, -1)[:, 0] = np.arange(n)  # the sample's index in its file
-    return x
-
-
-def _labels(rng, n, num_classes):
-    return rng.permutation(np.arange(n) % num_classes).astype(np.uint8)
-
-
-def _idx_bytes(a):
-    # IDX: two zero bytes, type 0x08 (uint8), number of dims, big-endian uint32 sizes, payload.
-    return struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
-
-
-def _idx_set(rng, n_train=60, n_test=20):
-    """{file name: array} of a 10-class MNIST-format data set (6 train and 2 test images per class)."""
-    return {"train-images-idx3-ubyte": _images(rng, n_train, (28, 28)),
-            "train-labels-idx1-ubyte": _labels(rng, n_train, 10),
-            "t10k-images-idx3-ubyte": _images(rng, n_test, (28, 28)),
-            "t10k-labels-idx1-ubyte": _labels(rng, n_test, 10)}
-
-
-def _write_idx(folder, arrays, compress=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, a in arrays.items():
-        if compress:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(_idx_bytes(a)))
-        else:
-            (folder / name).write_bytes(_idx_bytes(a))
-    return arrays
-
-
-def _pickle(path, obj):
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def _write_cifar(root, num_classes, rng):
-    """The official CIFAR python layout: rows of 3072 bytes (1024 R, 1024 G, 1024 B), labels lists."""
-    per_class_train, n_test = 2 if num_classes == 100 else 6, 20
-    n_train = per_class_train * num_classes
-    train_x, test_x = _images(rng, n_train, (3, 32, 32)), _images(rng, n_test, (3, 32, 32))
-    train_y, test_y = _labels(rng, n_train, num_classes), _labels(rng, n_test, num_classes)
-    names = [f"class{i}" for i in range(num_classes)]
-    if num_classes == 10:
-        folder = root / "cifar-10-batches-py"
-        folder.mkdir(parents=True)
-        for b, rows in enumerate(np.array_split(np.arange(n_train), 5)):
-            _pickle(folder / f"data_batch_{b + 1}", {"batch_label": f"training batch {b + 1} of 5",
-                    "data": train_x[rows].reshape(len(rows), -1), "labels": train_y[rows].tolist()})
-        _pickle(folder / "test_batch", {"data": test_x.reshape(n_test, -1), "labels": test_y.tolist()})
-        _pickle(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": n_train // 5})
-    else:
-        folder = root / "cifar-100-python"
-        folder.mkdir(parents=True)
-        for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-            _pickle(folder / split, {"data": x.reshape(len(x), -1), "fine_labels": y.tolist(),
-                                     "coarse_labels": (y // 5).tolist()})
-        _pickle(folder / "meta", {"fine_label_names": names, "coarse_label_names": names[:20]})
-    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-
-
-def _md5(path):
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _trust_written_cifar(monkeypatch, cls, root):
-    """Point ``cls``'s md5 lists at the files just written, for this test only.
-
-    torchvision checks every CIFAR file against the official md5; the tiny files here
-    cannot match it. Patching the class attributes (undone after the test) keeps the
-    whole parsing path real while production code goes on checking the official sums.
-    """
-    folder = root / cls.base_folder
-    for attr in ("train_list", "test_list"):
-        monkeypatch.setattr(cls, attr, [[f, _md5(folder / f)] for f, _ in getattr(cls, attr)])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": _md5(folder / cls.meta["filename"])})
 
 
 def _expected(u8, spec):
@@ -145,7 +63,7 @@ def _check_splits(d, spec, raw, channels, val_size=10):
 
 @pytest.mark.parametrize(("name", "cls"), [("mnist", tvd.MNIST), ("fashion-mnist", tvd.FashionMNIST)])
 def test_idx_files_load_through_torchvision(tmp_path, name, cls):
-    arrays = _write_idx(tmp_path / cls.__name__ / "raw", _idx_set(np.random.default_rng(0)))
+    arrays = write_idx(tmp_path / cls.__name__ / "raw", idx_set(np.random.default_rng(0)))
     d = data.load(name, data_dir=tmp_path)
     raw = tuple(arrays[f][:, None] if "images" in f else arrays[f] for f in arrays)
     _check_splits(d, SPECS[name], raw, channels=1)
@@ -157,8 +75,8 @@ def test_idx_files_load_through_torchvision(tmp_path, name, cls):
 def test_cifar_pickles_load_through_torchvision(tmp_path, monkeypatch, name, cls, num_classes):
     # Stratification needs a validation split with at least one image per class.
     monkeypatch.setattr(data, "VAL_SIZE", num_classes)
-    raw = _write_cifar(tmp_path, num_classes, np.random.default_rng(1))
-    _trust_written_cifar(monkeypatch, cls, tmp_path)
+    raw = write_cifar(tmp_path, num_classes, np.random.default_rng(1))
+    trust_written_cifar(monkeypatch, cls, tmp_path)
     d = data.load(name, data_dir=tmp_path)
     # Channel order survives torchvision's CHW rows → HWC → our CHW: checked per channel.
     _check_splits(d, SPECS[name], (raw["train_x"], raw["train_y"], raw["test_x"], raw["test_y"]),
@@ -167,7 +85,7 @@ def test_cifar_pickles_load_through_torchvision(tmp_path, monkeypatch, name, cls
 
 
 def test_val_split_is_fixed_across_calls(tmp_path):
-    _write_idx(tmp_path / "MNIST" / "raw", _idx_set(np.random.default_rng(3)))
+    write_idx(tmp_path / "MNIST" / "raw", idx_set(np.random.default_rng(3)))
     a, b = data.load("mnist", data_dir=str(tmp_path)), data.load("mnist", data_dir=tmp_path)
     assert torch.equal(a.val_x, b.val_x) and torch.equal(a.val_y, b.val_y)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_x, b.test_x)
@@ -175,7 +93,7 @@ def test_val_split_is_fixed_across_calls(tmp_path):
 
 def test_cifar_files_that_fail_the_official_md5_are_refused(tmp_path):
     # Same files, no test-only md5 patch: production code must reject them.
-    _write_cifar(tmp_path, 10, np.random.default_rng(4))
+    write_cifar(tmp_path, 10, np.random.default_rng(4))
     with pytest.raises(UsageError) as err:
         data.load("cifar10", data_dir=tmp_path)
     msg = str(err.value)
@@ -200,7 +118,7 @@ def test_default_data_dir_honours_env(monkeypatch, tmp_path):
 
 
 def test_no_data_dir_reads_the_default_folder(tmp_path):
-    _write_idx(tmp_path / "cache" / "MNIST" / "raw", _idx_set(np.random.default_rng(8)))
+    write_idx(tmp_path / "cache" / "MNIST" / "raw", idx_set(np.random.default_rng(8)))
     assert len(data.load("mnist").test_y) == 20
 
 
@@ -209,7 +127,7 @@ def test_download_passes_through_to_torchvision(tmp_path, monkeypatch):
 
     def fake_download(self):  # writes what the real download would leave behind
         calls.append(self.root)
-        _write_idx(tmp_path / "new" / "MNIST" / "raw", _idx_set(np.random.default_rng(5)))
+        write_idx(tmp_path / "new" / "MNIST" / "raw", idx_set(np.random.default_rng(5)))
 
     monkeypatch.setattr(tvd.MNIST, "download", fake_download)
     d = data.load("mnist", data_dir=tmp_path / "new", download=True)
@@ -228,14 +146,14 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
 
 def test_fashion_mnist_uses_debian_copy_decompressed_into_cache(tmp_path, monkeypatch):
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
-    arrays = _write_idx(debian, _idx_set(np.random.default_rng(6)), compress=True)
+    arrays = write_idx(debian, idx_set(np.random.default_rng(6)), compress=True)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
     before = sorted(p.name for p in debian.iterdir())
     d = data.load("fashion-mnist")
     assert sorted(p.name for p in debian.iterdir()) == before  # nothing written beside the system files
     raw = tmp_path / "cache" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(arrays)  # no temporary files left
-    assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == _idx_bytes(arrays["t10k-labels-idx1-ubyte"])
+    assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == idx_bytes(arrays["t10k-labels-idx1-ubyte"])
     assert d.test_y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
 
 
@@ -249,7 +167,7 @@ def test_fashion_mnist_without_debian_package_names_both_places(tmp_path):
 
 def test_explicit_data_dir_does_not_fall_back_to_debian(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
-    _write_idx(debian, _idx_set(np.random.default_rng(7)), compress=True)
+    write_idx(debian, idx_set(np.random.default_rng(7)), compress=True)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
     with pytest.raises(UsageError, match="not found"):
         data.load("fashion-mnist", data_dir=tmp_path / "mine")
