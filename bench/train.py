@@ -7,6 +7,7 @@ bf16 autocast and channels-last on CUDA, ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ class TrainStats:
     steps: int
     wall_s: float
     final_loss: float
-    val_acc: float
+    val_acc: float  # after the last epoch when a progress bar was shown, else NaN (not computed)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -119,7 +120,11 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, desc=desc, unit="ep", leave=False)
     model.train()
+    def autocast():
+        return (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else contextlib.nullcontext())
+
     for epoch in range(epochs):
+        loss_sum = torch.zeros((), device=device)
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, budget.batch_size):
             idx = order[i:i + budget.batch_size]
@@ -128,10 +133,11 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
                 x = augment_crop_flip(x, gen)
             if cuda and channels_last and conv:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and amp):
+            with autocast():
                 loss = F.cross_entropy(forward(x), data.train_y[idx], label_smoothing=budget.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {steps + 1}")
+            # NaN/inf propagate through the sum, checked once per epoch: a per-step check
+            # would synchronize the GPU every step.
+            loss_sum += loss.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
@@ -140,7 +146,9 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
             if sched is not None:
                 sched.step()
             steps += 1
-        loss_value = float(loss.detach())
+        loss_value = float(loss_sum) / max(1, per_epoch)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})")
         if bar is not None:
             val_acc = accuracy(model, data.val_x, data.val_y)
             bar.set_postfix(loss=f"{loss_value:.3f}", val_acc=f"{val_acc:.3f}")
@@ -149,6 +157,4 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         bar.close()
     if cuda and channels_last and conv:
         model.to(memory_format=torch.contiguous_format)
-    if math.isnan(val_acc) and epochs > 0:
-        val_acc = accuracy(model, data.val_x, data.val_y)
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc)
