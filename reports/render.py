@@ -1,24 +1,55 @@
-"""A report folder: ``report.md`` with the comparison table and the protocol it was measured under."""
+"""A report folder: ``report.md`` (tables, figures, protocol), the tables as LaTeX and CSV, the figures.
+
+Layout of ``out_dir``::
+
+    report.md                      readable on GitHub; links everything below relatively
+    tables/results.{md,tex,csv}    the paper-style table
+    tables/iso_accuracy.{md,tex,csv}
+    figures/*.png, figures/*.svg
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reports.tables import comparison_table, latest
+from reports import tables
+from reports.tables import latest
+
+DEFAULT_TITLE = "LoRITa vs structured pruning"
 
 
 def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Replace ``path`` atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not mkstemp, whose files are 0600) so the report gets the user's usual permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def protocol_lines(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None) -> list[str]:
+def _machine_line(machine: Mapping[str, Any]) -> str:
+    cpu = machine.get("cpu") or {}
+    parts = [f"CPU {cpu.get('brand_raw') or machine.get('processor') or machine.get('machine')}"
+             + (f" ({cpu['count']} cores)" if cpu.get("count") else "")]
+    if machine.get("gpu"):
+        parts.append(f"GPU {machine['gpu']}" + (f", driver {machine['gpu_driver']}" if machine.get("gpu_driver")
+                                                   else ""))
+    for key, name in (("torch", "torch"), ("cuda", "CUDA"), ("python_version", "Python")):
+        if machine.get(key):
+            parts.append(f"{name} {machine[key]}")
+    return ", ".join(parts)
+
+
+def protocol_lines(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None,
+                   machines: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The "Protocol" section: budget, what each number means, counting convention, device, versions."""
     ok = [r for r in records if r.get("status") == "ok"]
     lines = ["## Protocol", ""]
     if config:
@@ -29,34 +60,99 @@ def protocol_lines(records: Sequence[Mapping[str, Any]], config: Mapping[str, An
                      f"(fine-tune {b.get('finetune_lr')}), {b.get('schedule')} schedule, batch "
                      f"{b.get('batch_size')}, weight decay {b.get('weight_decay')} "
                      f"({'coupled L2' if b.get('optimizer') == 'sgd' else 'decoupled'}).")
-    steps = sorted({r["train_steps"] for r in ok})
+        seeds = config.get("seeds")
+        if seeds:
+            lines.append(f"- Seeds: {', '.join(map(str, seeds))}; with several seeds a cell shows mean ± "
+                         "standard deviation.")
+    steps = sorted({r["train_steps"] for r in ok if r.get("train_steps") is not None})
     if steps:
-        lines.append(f"- Optimizer steps per method: {', '.join(map(str, steps))}.")
+        lines.append(f"- Optimizer steps per method (train + fine-tune): {', '.join(map(str, steps))}. "
+                     "\"Train s\" is the wall time of those steps.")
     lines += [
         "- Accuracy: top-1 on the test split, measured once at the end; nothing is selected on it "
         "(targets are met by counting, not by accuracy).",
         "- ΔAcc: accuracy of the compressed, fine-tuned model minus that of the same method's dense "
-        "model before compression (for LoRITa, the merged model).",
+        "model before compression (for LoRITa, the merged model), in percentage points.",
         "- FLOPs↓ and Params↓: measured on the deployed model (LoRITa: the factorized model; pruning: "
-        "the pruned model) with torch-pruning's counter; FLOPs = 2·MACs.",
+        "the pruned model) with torch-pruning's counter; FLOPs = 2·MACs, so FLOPs↓ = MACs↓.",
+        "- Bold: the best value of a column among the methods at the same target (none when more than "
+        "half of them share it).",
+        "- Iso-accuracy: the largest drop among the swept targets whose mean ΔAcc stays within the "
+        "tolerance (no interpolation between targets).",
     ]
     devs = sorted({r["latency_device"] for r in ok if r.get("latency_device")})
     if devs:
-        lines.append(f"- Speed-up: dense latency / deployed latency, median of several rounds after "
-                     f"warm-up, eval mode, on {', '.join(devs)}.")
+        sources = {r.get("latency_source", "runner") for r in ok}
+        how = ("pytest-benchmark (`benchmark.pedantic`: warm-up rounds, then the median of the timed rounds)"
+               if sources == {"pytest-benchmark"} else
+               "the runner (median of several rounds after warm-up)" if sources == {"runner"} else
+               "pytest-benchmark where the benchmark JSON had both timings, else the runner")
+        lines.append(f"- Speed-up: dense latency / deployed latency, both measured in the same run, eval mode, "
+                     f"no grad, CUDA synchronized on GPU; timed by {how}; on {', '.join(devs)}.")
+    for m in machines[:3]:
+        lines.append(f"- Machine: {_machine_line(m)}.")
     vers = next((r.get("versions") for r in ok if r.get("versions")), None)
     if vers:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())) + ".")
+    hashes = sorted({r.get("config_hash") for r in records if r.get("config_hash")})
+    if hashes:
+        lines.append(f"- Config hash{'es' if len(hashes) > 1 else ''}: {', '.join(f'`{h}`' for h in hashes)}.")
     return lines
 
 
+def _summary(records: Sequence[Mapping[str, Any]]) -> str:
+    status = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
+    models = sorted({f"{r['dataset']} / {r['model']}" for r in records})
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    seeds = sorted({r["seed"] for r in records})
+    text = (f"{len(records)} runs on {', '.join(models)}: {len(methods)} methods ({', '.join(methods)}), "
+            f"seeds {', '.join(map(str, seeds))}; {status['ok']} ok")
+    if status["failed"] or status["skipped"]:
+        text += f", {status['failed']} failed, {status['skipped']} skipped (reasons in the tables)"
+    return text + "."
+
+
 def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mapping[str, Any] | None = None,
-           title: str = "LoRITa vs structured pruning") -> Path:
-    """Write ``out_dir/report.md`` for ``records`` (dicts as stored in results.jsonl); returns its path."""
+           title: str = DEFAULT_TITLE, machines: Sequence[Mapping[str, Any]] = (), plots: bool = True) -> Path:
+    """Write the report folder for ``records`` (dicts as stored in results.jsonl); returns report.md's path.
+
+    ``config`` is the resolved preset (for the budget in the protocol), ``machines`` the
+    pytest-benchmark machine_info of benchmark sources. ``plots=False`` skips the figures
+    (the only slow part: matplotlib). Never trains or measures; imports no torch.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = latest(records)
-    text = "\n".join([f"# {title}", "", comparison_table(records), *protocol_lines(records, config), ""])
+    rows = tables.rows(records)
+    iso = tables.iso_accuracy(rows)
+    results_md, iso_md = tables.markdown(rows), tables.iso_markdown(iso)
+    _write(out_dir / "tables" / "results.md", results_md)
+    _write(out_dir / "tables" / "results.tex", tables.latex(rows))
+    _write(out_dir / "tables" / "results.csv", tables.to_csv(rows))
+    _write(out_dir / "tables" / "iso_accuracy.md", iso_md)
+    _write(out_dir / "tables" / "iso_accuracy.tex", tables.iso_latex(iso))
+    _write(out_dir / "tables" / "iso_accuracy.csv", tables.iso_csv(iso))
+
+    text = [f"# {title}", "", _summary(records) if records else "No records.", "",
+            "## Results", "",
+            "Accuracies and drops in percent, ΔAcc in percentage points; speed-ups are dense / deployed "
+            "latency. Also as [LaTeX](tables/results.tex) and [CSV](tables/results.csv).", "",
+            results_md,
+            "## Iso-accuracy", "",
+            "Largest FLOPs↓ and Params↓ each method reaches while its accuracy stays within 0.5 pp and "
+            "within 1 pp of its dense model. Also as [LaTeX](tables/iso_accuracy.tex) and "
+            "[CSV](tables/iso_accuracy.csv).", "",
+            iso_md]
+    if plots:
+        from reports.plots import render_all
+
+        figures, skipped = render_all(records, out_dir / "figures")
+        text += ["## Figures", ""]
+        for fig in figures:
+            png, svg = fig.png.relative_to(out_dir).as_posix(), fig.svg.relative_to(out_dir).as_posix()
+            text += [f"### {fig.title}", "", f"![{fig.title}]({png})", "", f"{fig.caption} ([SVG]({svg}))", ""]
+        text += [f"- {line}" for line in skipped] + ([""] if skipped else [])
+    text += [*protocol_lines(records, config, machines), "", "## All runs", "", tables.runs_markdown(records)]
     path = out_dir / "report.md"
-    _write(path, text)
+    _write(path, "\n".join(text))
     return path

@@ -1,0 +1,148 @@
+"""Read result records from run folders, results JSONL files and pytest-benchmark JSON files.
+
+Both formats carry the same record fields (DESIGN: the benchmark JSON's ``extra_info`` is the
+Record), so every report and the regression gate work from either. Plain dicts throughout:
+this module imports neither torch nor the harness.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UsageError
+
+RESULTS = "results.jsonl"  # the runner's file names (bench.runner.RESULTS, CONFIG), kept torch-free here
+CONFIG = "config.json"
+BENCH_KEY = "lorita_bench"  # top-level key the suite adds to pytest-benchmark's JSON (preset and config)
+ACCEPTED = "a run folder holding results.jsonl, a results .jsonl file, or a pytest-benchmark .json file"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Loaded:
+    """Records (dicts as stored in JSONL) from one or more sources, with what describes the runs.
+
+    ``configs`` are the resolved presets found beside the records (a run folder's config.json
+    or the suite's entry in a benchmark JSON); ``machines`` the pytest-benchmark machine_info
+    of each benchmark file. A record timed by pytest-benchmark says so in ``latency_source``.
+    """
+
+    records: tuple[dict[str, Any], ...]
+    configs: tuple[dict[str, Any], ...] = ()
+    machines: tuple[dict[str, Any], ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}:{i} is not a JSON record ({err.msg}); accepted: {ACCEPTED}") from None
+        if not isinstance(rec, dict) or "method" not in rec:
+            raise UsageError(f"{path}:{i} is not a result record (no 'method'); accepted: {ACCEPTED}")
+        out.append(rec)
+    return out
+
+
+def _cell(info: Mapping[str, Any]) -> tuple:
+    return (info.get("config_hash"), info["dataset"], info["model"], info["method"], info["target_kind"],
+            info["target_drop"], info["seed"])
+
+
+def _dense_cell(info: Mapping[str, Any]) -> tuple:
+    return (info.get("config_hash"), info["dataset"], info["model"], info["method"], info["seed"])
+
+
+def from_benchmark_json(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Records from a pytest-benchmark JSON written by ``pytest bench --benchmark-json``.
+
+    Each deployed-model benchmark's ``extra_info`` is a Record; the two batch sizes of one
+    cell carry the same record and are merged. Latencies are replaced by pytest-benchmark's
+    own statistics (median and IQR, converted to ms) wherever both the deployed and the dense
+    benchmark of that batch size are present, so that a speed-up is always a ratio of two
+    numbers timed the same way in the same run; otherwise the record's own timing stays.
+    """
+    deployed: dict[tuple, dict[str, Any]] = {}
+    timed: dict[tuple, dict[str, float]] = {}  # (role, key, batch) -> stats in ms
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        role, batch = info.get("timed"), info.get("timed_batch")
+        stats = bench.get("stats") or {}
+        if role == "deployed":
+            key = _cell(info)
+            rec = {k: v for k, v in info.items() if k not in ("timed", "timed_batch")}
+            deployed.setdefault(key, rec)
+        elif role == "dense":
+            key = _dense_cell(info)
+        else:
+            continue  # a benchmark that is not one of the suite's
+        if "median" in stats and batch is not None:
+            # pytest-benchmark reports seconds per call of the timed function (iterations folded in)
+            timed[(role, key, batch)] = {"median_ms": stats["median"] * 1e3, "iqr_ms": stats.get("iqr", 0) * 1e3}
+    out = []
+    for key, rec in deployed.items():
+        dense_key = _dense_cell(rec)
+        rec = dict(rec)
+        for batch, fields_ in ((rec.get("latency_batch") or 1, ("latency_ms", "latency_iqr_ms", "latency_dense_ms",
+                                                                "latency_dense_iqr_ms")),
+                               (rec.get("throughput_batch"), ("throughput_ms", None, "throughput_dense_ms", None))):
+            mine, dense = timed.get(("deployed", key, batch)), timed.get(("dense", dense_key, batch))
+            if mine is None or dense is None:
+                continue
+            ms, iqr, dense_ms, dense_iqr = fields_
+            rec[ms], rec[dense_ms] = mine["median_ms"], dense["median_ms"]
+            if iqr is not None:
+                rec[iqr], rec[dense_iqr] = mine["iqr_ms"], dense["iqr_ms"]
+            rec["latency_source"] = "pytest-benchmark"
+        out.append(rec)
+    return out
+
+
+def load(sources: Iterable[str | Path]) -> Loaded:
+    """Records and run descriptions from every source, in the order given.
+
+    A source is a run folder (its results.jsonl, and config.json when present), a ``.jsonl``
+    file of records, or a pytest-benchmark ``.json`` file. Raises ``UsageError`` naming the
+    source for a missing path, an unreadable file or a file in neither format.
+    """
+    records: list[dict[str, Any]] = []
+    configs: list[dict[str, Any]] = []
+    machines: list[dict[str, Any]] = []
+    names: list[str] = []
+    for src in sources:
+        p = Path(src)
+        names.append(str(p))
+        if p.is_dir():
+            if not (p / RESULTS).is_file():
+                raise UsageError(f"no {RESULTS} in folder {src}; accepted: {ACCEPTED}")
+            records += _jsonl(p / RESULTS)
+            if (p / CONFIG).is_file():
+                configs.append(json.loads((p / CONFIG).read_text(encoding="utf-8")))
+        elif not p.is_file():
+            raise UsageError(f"no results at {src}; accepted: {ACCEPTED}")
+        elif p.suffix == ".json":
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{src} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
+            if not isinstance(data, dict) or "benchmarks" not in data:
+                raise UsageError(f"{src} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
+            recs = from_benchmark_json(data)
+            if not recs:
+                raise UsageError(f"{src} holds no lorita-bench benchmarks (none with extra_info.timed); "
+                                 "accepted: the JSON of `pytest bench --benchmark-json FILE`")
+            records += recs
+            if isinstance(data.get(BENCH_KEY), dict) and data[BENCH_KEY].get("config"):
+                configs.append(data[BENCH_KEY]["config"])
+            if data.get("machine_info"):
+                machines.append(data["machine_info"])
+        else:
+            records += _jsonl(p)
+    return Loaded(records=tuple(records), configs=tuple(configs), machines=tuple(machines), sources=tuple(names))
