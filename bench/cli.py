@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,26 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 BUDGET_FLAGS = ("epochs", "finetune_epochs", "batch_size", "optimizer", "lr", "finetune_lr", "weight_decay",
                 "schedule", "label_smoothing")
+
+
+def _options(text: str) -> dict[str, object]:
+    """``"width=0.25,depth=2"`` → {"width": 0.25, "depth": 2} (ints, floats, true/false, else strings)."""
+    out: dict[str, object] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad model option {part!r}; accepted: KEY=VALUE[,KEY=VALUE…], e.g. width=0.5")
+        value: object = raw.strip()
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        if raw.strip().lower() in ("true", "false"):
+            value = raw.strip().lower() == "true"
+        out[key.strip()] = value
+    return out
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -39,6 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from bench import runner
     from bench.budget import parse_targets
+    from bench.executors import ExecutorConfig
     from bench.registry import PRESETS, load_all
     from reports import comparison_table, render
 
@@ -49,16 +69,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     preset = preset.override(
         dataset=args.dataset, model=args.model, device=args.device, budget=budget,
         amp=False if args.no_amp else None, compile=True if args.compile else None,
+        model_options={**preset.model_options, **_options(args.model_options)} if args.model_options else None,
+        latency_rounds=args.latency_rounds, throughput_batch=args.throughput_batch,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
         targets=parse_targets(args.targets) if args.targets else None,
         seeds=_ints(args.seeds, "seeds") if args.seeds else None)
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+    if args.data_dir is not None and not args.download and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist; pass an existing folder "
                          "to --data-dir, or add --download")
+    executor = ExecutorConfig(kind=args.executor, cluster=args.cluster, slurm_partition=args.slurm_partition,
+                              gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
+                              timeout_min=args.timeout_min)
     out = Path(args.out)
     records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
                          progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr),
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, executor=executor)
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
     path = render(dicts, out, config=preset.to_dict())
@@ -68,21 +93,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from reports import render
+    from reports import load, render
 
-    records = []
-    for src in args.sources:
-        p = Path(src)
-        if p.is_dir():
-            p = p / "results.jsonl"
-        if not p.is_file():
-            raise UsageError(f"no results at {src}; accepted: a results.jsonl file or a run folder holding one")
-        try:
-            records += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{p} is not JSONL records: {err}") from None
-    print(f"report: {render(records, Path(args.out))}")
+    loaded = load(args.sources)
+    if not loaded.records:
+        raise UsageError(f"no records in {', '.join(args.sources)}; accepted: a run folder, results.jsonl "
+                         "or pytest-benchmark JSON holding at least one record")
+    path = render(loaded.records, Path(args.out), config=loaded.configs[0] if loaded.configs else None,
+                  machines=loaded.machines, plots=not args.no_plots)
+    print(f"report: {path}")
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import check_tolerance, compare_paths, summary
+
+    tol = check_tolerance(args.acc_tol)
+    result = compare_paths(args.reference, args.new, acc_tol=tol)
+    for line in result.problems:
+        print(line)
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    print(summary(result, tol), file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,7 +127,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="quick")
     run.add_argument("--out", default="out/quick", help="folder for results.jsonl, config.json, report.md")
     run.add_argument("--dataset")
-    run.add_argument("--model")
+    run.add_argument("--model", help="a registered model or timm:<arch>")
+    run.add_argument("--model-options", help="KEY=VALUE,… passed to the model builder, e.g. width=0.5")
+    run.add_argument("--latency-rounds", type=int)
+    run.add_argument("--throughput-batch", type=int)
     run.add_argument("--methods", help="comma-separated, e.g. lorita-n1,lorita-n3,l1-filter")
     run.add_argument("--targets", help="e.g. params:0.5,0.7,0.9 or flops:0.5")
     run.add_argument("--epochs", type=int, help="total epochs per method (before + after compression)")
@@ -114,11 +150,29 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir")
     run.add_argument("--download", action="store_true", help="fetch datasets (needs internet)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--executor", default="local", help="local (in this process, the default) or submitit "
+                     "(one job per trained model; needs pip install 'lorita-bench[slurm]')")
+    run.add_argument("--cluster", help="with --executor submitit: slurm, local (subprocesses here) or debug "
+                     "(in process); default: slurm where sbatch exists, else local")
+    run.add_argument("--slurm-partition", help="with --executor submitit on SLURM: the partition")
+    run.add_argument("--gpus-per-job", type=int, help="with --executor submitit (default: 1 on cuda, else 0)")
+    run.add_argument("--max-parallel", type=int, help="with --executor submitit on SLURM: array tasks at once")
+    run.add_argument("--timeout-min", type=int, help="with --executor submitit: each job's limit in minutes "
+                     "(default 1440)")
     run.set_defaults(fn=_cmd_run)
-    rep = sub.add_parser("report", help="render report.md from results")
-    rep.add_argument("sources", nargs="+", help="results.jsonl files or run folders")
+    rep = sub.add_parser("report", help="render report.md, tables and figures from results")
+    rep.add_argument("sources", nargs="+", help="run folders, results.jsonl files or pytest-benchmark JSON files")
     rep.add_argument("--out", required=True)
+    rep.add_argument("--no-plots", action="store_true", help="tables only (skips matplotlib)")
     rep.set_defaults(fn=_cmd_report)
+    cmp = sub.add_parser("compare", help="regression gate: exit 1, one line per problem, when NEW falls short "
+                         "of REFERENCE")
+    cmp.add_argument("reference", help="committed reference results (e.g. reference/ci.jsonl)")
+    cmp.add_argument("new", help="the new run: a run folder, results.jsonl or pytest-benchmark JSON")
+    cmp.add_argument("--acc-tol", type=float, default=0.01,
+                     help="largest accepted accuracy fall, as a fraction (default 0.01 = 1 pp); params and "
+                     "MACs must match exactly")
+    cmp.set_defaults(fn=_cmd_compare)
     return ap
 
 

@@ -10,13 +10,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import lorita
 from lorita.counting import count_macs_params
+
+SPECTRA_DIGITS = 4  # significant digits kept in records: enough for a decay plot, small JSON
 
 
 def counts(model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu") -> tuple[float, int]:
     """(MACs per sample, parameters) of ``model`` on one sample; FLOPs = 2·MACs."""
     example = torch.zeros(1, *input_shape, device=device)
     return count_macs_params(model, example)
+
+
+def spectra_of(model: nn.Module) -> dict[str, list[float]]:
+    """Normalized singular values σᵢ/σ₁ (descending) of every compressible layer, rounded for JSON."""
+    out = {}
+    for name, s in lorita.spectra(model).items():
+        top = float(s[0]) if len(s) else 0.0
+        out[name] = [float(f"{float(v) / top:.{SPECTRA_DIGITS}g}") if top > 0 else 0.0 for v in s]
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -42,6 +42,7 @@ class Record:
     achieved_drop: float | None = None
     layers: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    spectra: dict[str, list[float]] = field(default_factory=dict)  # dense model's σᵢ/σ₁ per layer
     latency_device: str | None = None
     latency_batch: int | None = None
     latency_dense_ms: float | None = None

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench import cache, measure
-from bench import data as data_mod
 from bench.budget import Target
 from bench.data import Splits
 from bench.errors import NotApplicable, UsageError
@@ -23,6 +25,9 @@ from bench.presets import Preset
 from bench.registry import METHODS
 from bench.results import Record, append_record, atomic_write_text, load_records
 from bench.train import TrainStats, accuracy, train
+
+if TYPE_CHECKING:  # bench.executors imports this module; run() imports it back lazily
+    from bench.executors import ExecutorConfig
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
@@ -55,11 +60,32 @@ def _accs(model: torch.nn.Module, data: Splits) -> tuple[float, float | None, fl
     return accuracy(model, data.test_x, data.test_y), top5, accuracy(model, data.val_x, data.val_y)
 
 
+@functools.cache
+def code_digest() -> str:
+    """Digest of the source that shapes a trained model (method, data, models, training loop).
+
+    In the cache key because the package version does not move with every change: a
+    checkpoint trained by older code must not be reused (nor fool the regression gate).
+    """
+    import baselines
+    import lorita
+
+    root = Path(__file__).parent
+    files = sorted([*Path(lorita.__file__).parent.glob("*.py"), *Path(baselines.__file__).parent.glob("*.py"),
+                    *(root / f for f in ("train.py", "data.py", "models.py", "methods.py", "budget.py"))])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
     """Cache key of the trained model: everything that determines its weights."""
     return cache.cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
                             "prepare": method.name, "budget": asdict(preset.budget), "seed": seed,
-                            "device": torch.device(preset.device).type, "versions": versions()})
+                            "device": torch.device(preset.device).type, "amp": preset.amp,
+                            "versions": versions(), "code": code_digest()})
 
 
 def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
@@ -92,6 +118,7 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
         if path is not None:
             cache.save(path, model, {"stats": asdict(stats)})
     dense = method.dense_reference(model).eval()
+    spectra = measure.spectra_of(dense)
     base_acc, base_top5, base_val = _accs(dense, data)
     dense_macs, dense_params = measure.counts(dense, data.input_shape, dev)
     lat_kw = {"device": dev, "rounds": preset.latency_rounds}
@@ -117,7 +144,7 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                 delta_acc=acc - base_acc, base_val_acc=base_val, val_acc=val,
                 dense_params=dense_params, params=params, params_drop=1 - params / dense_params,
                 dense_macs=dense_macs, macs=macs, flops_drop=1 - macs / dense_macs,
-                achieved_drop=out.achieved_drop, layers=out.layers, note=out.note,
+                achieved_drop=out.achieved_drop, layers=out.layers, note=out.note, spectra=spectra,
                 latency_device=lat.device, latency_batch=1, latency_dense_ms=dense_lat.median_ms,
                 latency_dense_iqr_ms=dense_lat.iqr_ms, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms,
                 throughput_batch=preset.throughput_batch, throughput_dense_ms=dense_tput.median_ms,
@@ -146,16 +173,26 @@ def check_budget(records: list[Record]) -> None:
 
 
 def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download: bool = False,
-        progress: bool = True, echo: Callable[[str], None] = print, cache_dir: Path | None = None
-        ) -> list[Record]:
+        progress: bool = True, echo: Callable[[str], None] = print, cache_dir: Path | None = None,
+        executor: ExecutorConfig | None = None) -> list[Record]:
     """Run ``preset``, appending records to ``out_dir/results.jsonl``; returns this config's records.
 
-    Resumable: a (method, target, seed) already recorded as ok or skipped under the same
-    config hash is not run again; trained models come from ``cache_dir`` (default
-    ``bench.cache.default_dir()``) when there. The resolved preset is saved as ``out_dir/config.json``.
+    Each (method, seed) is one job: one trained model and every target still missing for it.
+    ``executor`` says where jobs run (default: in this process, one after another; see
+    ``bench.executors`` for submitit on SLURM, local subprocesses or its debug cluster).
+    Records are appended atomically as each job finishes, and a job that raises becomes a
+    failed record per target with the reason, while the others go on. Resumable: a (method,
+    target, seed) already recorded as ok or skipped under the same config hash is not run
+    again, so a re-run after a partial failure runs only what is missing; trained models come
+    from ``cache_dir`` (default ``bench.cache.default_dir()``) when there. The resolved preset
+    is saved as ``out_dir/config.json``. Raises ``UsageError`` for CUDA asked where the jobs
+    run without it, or submitit asked and not installed; ``BudgetMismatch`` (see ``check_budget``).
     """
+    from bench import executors
+
+    config = executors.resolve(executor if executor is not None else executors.ExecutorConfig())
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_dir()
-    if torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
+    if config.runs_here and torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {preset.device!r} requested but CUDA is not available here; "
                          "accepted: --device cpu, or run on a machine with a CUDA GPU")
     out_dir = Path(out_dir)
@@ -164,31 +201,28 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     results = out_dir / RESULTS
     chash = preset.config_hash()
     done = {r.key for r in load_records(results) if r.status in ("ok", "skipped")}
-    data = data_mod.load(preset.dataset, data_dir=data_dir, download=download).to(preset.device)
-    jobs = [(seed, name) for seed in preset.seeds for name in preset.methods]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc="suite", unit="run")
-    for seed, name in jobs:
-        method = METHODS.get(name)
-        pending = [t for t in preset.targets
-                   if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done]
-        if pending:
-            try:
-                records = run_method(preset, method, data, pending, seed, progress=progress, cache_dir=cache_dir)
-            except Exception as err:  # one failing method must not sink the others
-                log.exception("%s seed %d failed", name, seed)
-                records = [Record(**_base(preset, method, t, seed, chash), status="failed",
-                                  reason=f"{type(err).__name__}: {err}") for t in pending]
-            for r in records:
-                append_record(results, r)
-                if r.status != "ok":
-                    echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+    jobs = []
+    for seed in preset.seeds:  # one job per trained model, so every seed is its own job
+        for name in preset.methods:
+            pending = tuple(t for t in preset.targets
+                            if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done)
+            if pending:
+                jobs.append(executors.TrainJob(preset=preset, method=name, seed=seed, targets=pending,
+                                               cache_dir=str(cache_dir.resolve()),
+                                               data_dir=str(Path(data_dir).resolve()) if data_dir is not None
+                                               else None))
+    for finished in executors.run_jobs(jobs, config, folder=out_dir / executors.SUBMITIT_FOLDER,
+                                       download=download, progress=progress, echo=echo):
+        job = finished.job
+        records = finished.records
+        if finished.error is not None:
+            method = METHODS.get(job.method)
+            records = tuple(Record(**_base(preset, method, t, job.seed, chash), status="failed",
+                                   reason=finished.error) for t in job.targets)
+        for r in records:
+            append_record(results, r)
+            if r.status != "ok":
+                echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")
     mine = [r for r in load_records(results) if r.config_hash == chash]
     check_budget(mine)
     return mine

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import lorita
 from bench import data as data_mod
 from bench import measure, runner
 from bench.budget import Target
@@ -28,7 +27,6 @@ WARMUP_ROUNDS = 10  # as bench.measure.latency
 # Timed on CPU at the runner's fixed intra-op thread count, so that the suite's timings and the
 # records' agree in meaning (and a busy neighbour core does not stall every parallel region).
 CPU_THREADS = inspect.signature(measure.latency).parameters["cpu_threads"].default
-SPECTRA_DIGITS = 4  # significant digits kept of each normalized singular value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,15 +120,6 @@ class Trained:
     spectra: dict[str, list[float]]
 
 
-def spectra_of(model: nn.Module) -> dict[str, list[float]]:
-    """Normalized singular values σᵢ/σ₁ of every compressible layer, rounded for the JSON."""
-    out = {}
-    for name, s in lorita.spectra(model).items():
-        top = float(s[0]) if len(s) else 0.0
-        out[name] = [float(f"{float(v) / top:.{SPECTRA_DIGITS}g}") if top > 0 else 0.0 for v in s]
-    return out
-
-
 class Suite:
     """The session's preset and data, and the trained models: one training per (method, seed).
 
@@ -189,7 +178,7 @@ class Suite:
                     raise RuntimeError(f"the model kept for timing {method} at {target} counts "
                                        f"{params} params / {macs} MACs, the record {rec.params} / {rec.macs}: "
                                        "bench.runner.run_method no longer deploys Compressed.model itself")
-        spectra = spectra_of(keeping.dense) if keeping.dense is not None else {}
+        spectra = measure.spectra_of(keeping.dense) if keeping.dense is not None else {}
         return Trained(records=by_target, deployed=dict(keeping.deployed), dense=keeping.dense, spectra=spectra)
 
     def records(self) -> list[Record]:
