@@ -194,6 +194,9 @@ def _normalized(values: Sequence[float]) -> list[float]:
     return [v / top for v in values] if top > 0 else list(values)
 
 
+MAX_SPECTRA_PANELS = 12
+
+
 def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     """Singular-value decay σᵢ/σ₁ of every layer of each method's trained dense (merged) model,
     one panel per layer and one line per N (LoRITa's signature figure). Reads the records'
@@ -211,6 +214,13 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
         for r in sorted(rs, key=lambda r: r["seed"]):
             per_method.setdefault(r["method"], r)
         layers = list(dict.fromkeys(name for r in per_method.values() for name in r["spectra"]))
+        total = len(layers)
+        if total > MAX_SPECTRA_PANELS:
+            # A ResNet-56 has 57 layers: a panel each makes a huge figure that takes tens of
+            # seconds to save and nobody reads. Evenly spaced layers, first and last included.
+            step = (total - 1) / (MAX_SPECTRA_PANELS - 1)
+            layers = [layers[round(i * step)] for i in range(MAX_SPECTRA_PANELS)]
+        shown = "" if total == len(layers) else f" {len(layers)} of {total} layers shown, evenly spaced."
         ncols = min(4, len(layers))
         nrows = math.ceil(len(layers) / ncols)
         with _style():
@@ -236,7 +246,7 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                                f"Singular-value decay per layer — {dataset} / {model}",
                                "σᵢ/σ₁ of each compressible layer after training (LoRITa: after merging the N "
                                "factors; convolutions reshaped out × in·k·k). A faster decay for larger N is the "
-                               "low rank that LoRITa's training induces, and what truncation exploits."))
+                               "low rank that LoRITa's training induces, and what truncation exploits." + shown))
     return plots
 
 
