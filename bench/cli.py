@@ -54,7 +54,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from bench import runner
     from bench.budget import parse_targets
@@ -86,7 +86,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          cache_dir=args.cache_dir, executor=executor)
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
-    path = render(dicts, out, config=preset.to_dict())
+    config = preset.to_dict()
+    config["published"] = [asdict(p) for p in PRESETS.entry(args.preset).meta.get("published", ())]
+    path = render(dicts, out, config=config)
     print(f"report: {path}")
     print(f"records: {out / runner.RESULTS}")
     return 0

@@ -112,6 +112,41 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> str:
     return text + "."
 
 
+def published_lines(records: Sequence[Mapping[str, Any]], published: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A "published vs measured" section: each published number beside the suite's own.
+
+    ``published`` holds dicts with method, metric ("base_acc" or "acc"), value (a fraction),
+    target ({kind, drop} or None), selection, source and note, as the presets register them.
+    The measured number is the mean over seeds of the matching ok records (– when none).
+    """
+    if not published:
+        return []
+    lines = ["## Published vs measured", "",
+             "| Method | Metric | Target | Published | Measured | Δ (pp) | Published selection | Source |",
+             "|---|---|---|--:|--:|--:|---|---|"]
+    notes = []
+    for p in published:
+        target = p.get("target")
+        rs = [r for r in records if r.get("status") == "ok" and r["method"] == p["method"]
+              and (target is None or (r["target_kind"], r["target_drop"]) == (target["kind"], target["drop"]))]
+        values = [r[p["metric"]] for r in rs if r.get(p["metric"]) is not None]
+        # base_acc is the same for every target of a (method, seed): one value per seed.
+        if p["metric"] == "base_acc":
+            values = list({r["seed"]: r["base_acc"] for r in rs if r.get("base_acc") is not None}.values())
+        measured = sum(values) / len(values) if values else None
+        where = f"{target['kind']} {target['drop'] * 100:g}%" if target else "dense"
+        diff = f"{(measured - p['value']) * 100:+.2f}" if measured is not None else "–"
+        lines.append(f"| {p['method']} | {p['metric']} | {where} | {p['value'] * 100:.2f} | "
+                     f"{measured * 100:.2f} | {diff} | {p['selection']} | {p['source']} |" if measured is not None
+                     else f"| {p['method']} | {p['metric']} | {where} | {p['value'] * 100:.2f} | – | – | "
+                     f"{p['selection']} | {p['source']} |")
+        if p.get("note"):
+            notes.append(f"- {p['method']}: {p['note']}")
+    lines += ["", "The suite's numbers are last-epoch test accuracy (nothing is chosen on the test split); "
+              "a number chosen on the test set is an upper bound for it.", *notes, ""]
+    return lines
+
+
 def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mapping[str, Any] | None = None,
            title: str = DEFAULT_TITLE, machines: Sequence[Mapping[str, Any]] = (), plots: bool = True) -> Path:
     """Write the report folder for ``records`` (dicts as stored in results.jsonl); returns report.md's path.
@@ -152,6 +187,7 @@ def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mappi
             png, svg = fig.png.relative_to(out_dir).as_posix(), fig.svg.relative_to(out_dir).as_posix()
             text += [f"### {fig.title}", "", f"![{fig.title}]({png})", "", f"{fig.caption} ([SVG]({svg}))", ""]
         text += [f"- {line}" for line in skipped] + ([""] if skipped else [])
+    text += published_lines(records, (config or {}).get("published", ()))
     text += [*protocol_lines(records, config, machines), "", "## All runs", "", tables.runs_markdown(records)]
     path = out_dir / "report.md"
     _write(path, "\n".join(text))

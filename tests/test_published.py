@@ -1,0 +1,27 @@
+"""Published numbers appear beside the measured ones, with the difference."""
+
+from reports.render import published_lines
+
+
+def _rec(method, seed, base_acc, acc, drop=0.5):
+    return {"method": method, "seed": seed, "status": "ok", "base_acc": base_acc, "acc": acc,
+            "target_kind": "flops", "target_drop": drop}
+
+
+def test_published_numbers_sit_beside_the_mean_measured_numbers():
+    records = [_rec("lorita-n2", 0, 0.93, 0.90), _rec("lorita-n2", 0, 0.93, 0.85, drop=0.7),
+               _rec("lorita-n2", 1, 0.91, 0.88)]
+    published = [
+        {"method": "lorita-n2", "metric": "base_acc", "value": 0.9413, "target": None,
+         "selection": "best test epoch", "source": "LoRITa logs", "note": "chosen on test"},
+        {"method": "lorita-n2", "metric": "acc", "value": 0.90, "target": {"kind": "flops", "drop": 0.5},
+         "selection": "final", "source": "x", "note": ""},
+        {"method": "group-l2", "metric": "acc", "value": 0.93, "target": {"kind": "flops", "drop": 0.5},
+         "selection": "final", "source": "tp", "note": ""},
+    ]
+    text = "\n".join(published_lines(records, published))
+    assert "| lorita-n2 | base_acc | dense | 94.13 | 92.00 | -2.13 |" in text  # mean of seeds 0.93, 0.91
+    assert "| lorita-n2 | acc | flops 50% | 90.00 | 89.00 | -1.00 |" in text
+    assert "| group-l2 | acc | flops 50% | 93.00 | – | – |" in text
+    assert "chosen on test" in text
+    assert published_lines(records, []) == []
