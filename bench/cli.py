@@ -45,11 +45,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from bench.registry import DATASETS, METHODS, MODELS, PRESETS, load_all
 
     load_all()
-    for title, reg in (("presets", PRESETS), ("datasets", DATASETS), ("models", MODELS), ("methods", METHODS)):
+    tables = (("presets", PRESETS), ("datasets", DATASETS), ("models", MODELS), ("methods", METHODS))
+    width = max(len(e.name) for _, reg in tables for e in reg) + 2
+    for title, reg in tables:
         print(f"{title}:")
         for e in reg:
             paper = f"  [{e.meta['paper']}]" if e.meta.get("paper") else ""
-            print(f"  {e.name:<24} {e.description}{paper}")
+            print(f"  {e.name:<{width}}{e.description}{paper}")
     return 0
 
 
