@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from bench.results import atomic_file
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -47,19 +48,10 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
 
 def save(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write ``model``'s state dict and ``meta`` (plain JSON types) to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "state_dict": state, "digest": _digest(state), "meta": json.dumps(meta)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load(path: Path, model: nn.Module) -> dict[str, Any] | None:
