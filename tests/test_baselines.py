@@ -143,3 +143,19 @@ def test_sparse_learning_regularizer_changes_pre_training(name):
     diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), plain.parameters(), strict=True))
     assert diff > 1e-6
     assert METHODS.get("group-l2").regularizer(model, calib) is None
+
+
+def test_every_method_uses_the_same_optimizer_steps_through_the_cli(tmp_path):
+    from bench.cli import main
+    from bench.results import load_records
+
+    methods = ",".join(["lorita-n2", *PRUNING, "magnitude-unstructured"])
+    assert main(["run", "--preset", "quick", "--out", str(tmp_path), "--no-progress", "--epochs", "3",
+                 "--finetune-epochs", "1", "--methods", methods, "--targets", "params:0.5",
+                 "--latency-rounds", "3", "--cache-dir", str(tmp_path / "ckpt")]) == 0
+    records = {r.method: r for r in load_records(tmp_path / "results.jsonl")}
+    assert records["bn-slimming"].status == "skipped"  # the FCN has no BatchNorm: skipped, not a crash
+    ok = {m: r for m, r in records.items() if r.status == "ok"}
+    assert set(ok) == set(records) - {"bn-slimming"}, {m: r.reason for m, r in records.items()}
+    assert {r.train_steps for r in ok.values()} == {3 * 17}
+    assert {(r.pretrain_steps, r.finetune_steps) for r in ok.values()} == {(2 * 17, 17)}
