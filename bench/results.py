@@ -57,7 +57,10 @@ class Record:
     pretrain_steps: int | None = None
     finetune_steps: int | None = None
     train_steps: int | None = None
-    train_wall_s: float | None = None
+    train_wall_s: float | None = None  # this record's pre-training + fine-tuning wall time
+    pretrain_wall_s: float | None = None  # shared by every target of one (method, seed)
+    finetune_wall_s: float | None = None
+    gpu_s: float | None = None  # on CUDA: GPU-seconds of training (one GPU per job); None on CPU
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
 

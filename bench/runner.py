@@ -150,7 +150,8 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                 throughput_batch=preset.throughput_batch, throughput_dense_ms=dense_tput.median_ms,
                 throughput_ms=tput.median_ms, pretrain_steps=stats.steps, finetune_steps=ft.steps,
                 train_steps=stats.steps + ft.steps,
-                train_wall_s=stats.wall_s + ft.wall_s))
+                train_wall_s=stats.wall_s + ft.wall_s, pretrain_wall_s=stats.wall_s, finetune_wall_s=ft.wall_s,
+                gpu_s=stats.wall_s + ft.wall_s if torch.device(dev).type == "cuda" else None))
         except NotApplicable as why:
             records.append(Record(**common, status="skipped", reason=str(why)))
         except Exception as err:  # one failing target must not sink the others

@@ -147,6 +147,28 @@ def published_lines(records: Sequence[Mapping[str, Any]], published: Sequence[Ma
     return lines
 
 
+def cost_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """"Cost of the comparison": per method, optimizer steps and training time over all its runs.
+
+    Pre-training is counted once per (method, seed), fine-tuning once per target; a
+    pre-training reused from the checkpoint cache is counted at what it cost when it ran.
+    """
+    ok = [r for r in records if r.get("status") == "ok" and r.get("pretrain_wall_s") is not None]
+    if not ok:
+        return []
+    lines = ["## Cost of the comparison", "",
+             "| Method | Trainings | Optimizer steps | Train time (s) | GPU-seconds |", "|---|--:|--:|--:|--:|"]
+    for method in dict.fromkeys(r["method"] for r in ok):
+        rs = [r for r in ok if r["method"] == method]
+        pre = {r["seed"]: (r["pretrain_wall_s"], r["pretrain_steps"]) for r in rs}
+        steps = sum(s for _, s in pre.values()) + sum(r["finetune_steps"] for r in rs)
+        wall = sum(w for w, _ in pre.values()) + sum(r["finetune_wall_s"] for r in rs)
+        gpu = [r["gpu_s"] for r in rs if r.get("gpu_s") is not None]
+        gpu_s = f"{sum(gpu):.0f}" if gpu else "–"
+        lines.append(f"| {method} | {len(pre)} | {steps} | {wall:.1f} | {gpu_s} |")
+    return [*lines, ""]
+
+
 def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mapping[str, Any] | None = None,
            title: str = DEFAULT_TITLE, machines: Sequence[Mapping[str, Any]] = (), plots: bool = True) -> Path:
     """Write the report folder for ``records`` (dicts as stored in results.jsonl); returns report.md's path.
@@ -188,6 +210,7 @@ def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mappi
             text += [f"### {fig.title}", "", f"![{fig.title}]({png})", "", f"{fig.caption} ([SVG]({svg}))", ""]
         text += [f"- {line}" for line in skipped] + ([""] if skipped else [])
     text += published_lines(records, (config or {}).get("published", ()))
+    text += cost_lines(records)
     text += [*protocol_lines(records, config, machines), "", "## All runs", "", tables.runs_markdown(records)]
     path = out_dir / "report.md"
     _write(path, "\n".join(text))

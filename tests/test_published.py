@@ -25,3 +25,12 @@ def test_published_numbers_sit_beside_the_mean_measured_numbers():
     assert "| group-l2 | acc | flops 50% | 93.00 | – | – |" in text
     assert "chosen on test" in text
     assert published_lines(records, []) == []
+
+
+def test_cost_counts_each_pretraining_once_and_every_fine_tune():
+    from reports.render import cost_lines
+
+    recs = [{"method": "m", "seed": s, "status": "ok", "pretrain_wall_s": 10.0, "pretrain_steps": 100,
+             "finetune_wall_s": 1.0, "finetune_steps": 10, "gpu_s": None} for s in (0, 1) for _ in range(3)]
+    text = "\n".join(cost_lines(recs))
+    assert "| m | 2 | 260 | 26.0 | – |" in text
