@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
                               timeout_min=args.timeout_min)
     out = Path(args.out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
+        from bench import distributed
+
+        if executor.kind != "local":
+            raise UsageError("torchrun runs the suite in-process; accepted: --executor local under torchrun")
+        preset = preset.override(device=distributed.setup_from_env(preset.device))
+        if not distributed.is_main():
+            runner.run(preset, out, data_dir=args.data_dir, download=args.download, progress=False,
+                       echo=lambda s: None, cache_dir=args.cache_dir, executor=executor)
+            return 0
     records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
                          progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr),
                          cache_dir=args.cache_dir, executor=executor)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench import cache, measure
+from bench import cache, distributed, measure
 from bench.budget import Target
 from bench.data import Splits
 from bench.errors import NotApplicable, UsageError
@@ -108,6 +108,8 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                   num_classes=data.num_classes, head=head)
     path = cache_dir / f"{checkpoint_key(preset, method, seed)}.pt" if cache_dir is not None else None
     meta = cache.load(path, model) if path is not None else None
+    if not distributed.agree(meta is not None, dev):  # under torchrun: all ranks load, or all train
+        meta = None
     if meta is not None:
         stats = TrainStats(**meta["stats"])
         log.info("%s seed %d: trained model from cache %s", method.name, seed, path)
@@ -115,7 +117,7 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
         stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
                       progress=progress, desc=f"{method.name} s{seed} train",
                       after_backward=method.regularizer(model, calib), **preset.speed())
-        if path is not None:
+        if path is not None and distributed.is_main():
             cache.save(path, model, {"stats": asdict(stats)})
     dense = method.dense_reference(model).eval()
     spectra = measure.spectra_of(dense)
@@ -198,7 +200,9 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
                          "accepted: --device cpu, or run on a machine with a CUDA GPU")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
+    main = distributed.is_main()  # under torchrun every rank computes, rank 0 alone writes
+    if main:
+        atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
     results = out_dir / RESULTS
     chash = preset.config_hash()
     done = {r.key for r in load_records(results) if r.status in ("ok", "skipped")}
@@ -221,9 +225,12 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
             records = tuple(Record(**_base(preset, method, t, job.seed, chash), status="failed",
                                    reason=finished.error) for t in job.targets)
         for r in records:
-            append_record(results, r)
-            if r.status != "ok":
+            if main:
+                append_record(results, r)
+            if r.status != "ok" and main:
                 echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")
+    if not main:
+        return []
     mine = [r for r in load_records(results) if r.config_hash == chash]
     check_budget(mine)
     return mine

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import distributed
 from bench.budget import Budget
 from bench.data import Splits
 from bench.errors import TrainingDiverged
@@ -100,7 +101,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     already lives on the model's device. ``after_backward(model)`` runs between
     ``backward()`` and ``step()`` (sparsity regularizers of pruning methods). On CUDA,
     ``amp`` trains under bf16 autocast and ``channels_last`` stores conv nets NHWC; both
-    are ignored on CPU. ``compile`` wraps the forward pass in ``torch.compile``.
+    are ignored on CPU. ``compile`` wraps the forward pass in ``torch.compile``. Under
+    ``torchrun`` each rank trains on its share of every batch through DDP (``bench.distributed``).
     Raises ``TrainingDiverged`` on a non-finite loss.
     """
     n = len(data.train_x)
@@ -113,7 +115,13 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     if cuda and channels_last and conv:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile else model
+    ranks, me = distributed.world(), distributed.rank()
+    forward = model
+    if ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device] if cuda else None)
+    forward = torch.compile(forward) if compile else forward
     start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
     bar = None
     if progress and epochs > 0:
@@ -130,11 +138,17 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
             idx = order[i:i + budget.batch_size]
             x = data.train_x[idx]
             if data.augment == "crop-flip":
-                x = augment_crop_flip(x, gen)
+                x = augment_crop_flip(x, gen)  # the whole global batch: every rank draws the same
+            y = data.train_y[idx]
+            if ranks > 1:  # this rank's share of the global batch
+                x, y = x[me::ranks], y[me::ranks]
             if cuda and channels_last and conv:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                loss = F.cross_entropy(forward(x), data.train_y[idx], label_smoothing=budget.label_smoothing)
+                # Sum over this rank's samples / global batch size, times ranks: DDP's gradient
+                # average then equals the one-process mean over the global batch, exactly.
+                loss = F.cross_entropy(forward(x), y, label_smoothing=budget.label_smoothing,
+                                       reduction="sum") * (ranks / len(idx))
             # NaN/inf propagate through the sum, checked once per epoch: a per-step check
             # would synchronize the GPU every step.
             loss_sum += loss.detach()
@@ -147,7 +161,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
                 sched.step()
             steps += 1
         loss_value = float(loss_sum) / max(1, per_epoch)
-        if not math.isfinite(loss_value):
+        # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
+        if not distributed.agree(math.isfinite(loss_value), device):
             raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})")
         if bar is not None:
             val_acc = accuracy(model, data.val_x, data.val_y)
