@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -323,6 +324,9 @@ class IsoRow:
     family: str
     n: int | None
     within: tuple[tuple[float, float | None, float | None], ...]  # (tolerance pp, FLOPs↓ %, Params↓ %)
+    # Per tolerance: True when one std of ΔAcc over seeds would move the entry (the point it
+    # reports could fall out, or a larger-drop point come in): its rank is within the noise.
+    fragile: tuple[bool, ...] = ()
 
 
 def iso_accuracy(rows_: Sequence[Row], tolerances_pp: Sequence[float] = ISO_TOLERANCES_PP) -> list[IsoRow]:
@@ -334,15 +338,22 @@ def iso_accuracy(rows_: Sequence[Row], tolerances_pp: Sequence[float] = ISO_TOLE
     out = []
     for (dataset, model, method), block in _blocks(rows_, ("dataset", "model", "method")).items():
         ok = [r for r in block if r.status == "ok" and r.mean("delta_acc") is not None]
-        within = []
+        within, fragile = [], []
         for tol in tolerances_pp:
             # 1e-9: a drop of exactly the tolerance counts as within it despite float rounding
             good = [r for r in ok if r.mean("delta_acc") >= -tol - 1e-9]
             flops = [v for r in good if (v := r.mean("flops_drop")) is not None]
             params = [v for r in good if (v := r.mean("params_drop")) is not None]
             within.append((tol, max(flops, default=None), max(params, default=None)))
+            best = max(good, key=lambda r: r.mean("params_drop") or 0.0, default=None)
+            beyond = [r for r in ok if r not in good
+                      and (r.mean("params_drop") or 0.0) > (best.mean("params_drop") or 0.0 if best else -1)]
+            fragile.append(any(r.std("delta_acc") is not None and
+                               (r.mean("delta_acc") - r.std("delta_acc") < -tol if r is best
+                                else r.mean("delta_acc") + r.std("delta_acc") >= -tol)
+                               for r in ([best] if best else []) + beyond))
         out.append(IsoRow(dataset=dataset, model=model, method=method, family=block[0].family, n=block[0].n,
-                          within=tuple(within)))
+                          within=tuple(within), fragile=tuple(fragile)))
     out.sort(key=lambda r: (r.dataset, r.model, FAMILY_ORDER.get(r.family, 9), r.n or 0, r.method))
     return out
 
@@ -357,8 +368,9 @@ def _iso_cells(block: Sequence[IsoRow]) -> tuple[list[str], list[list[str]]]:
             top = max(shown, default=None)
             # the same rule as ``best``: a winner only when at most half of the methods share the top
             bold = len(shown) > 1 and sum(v == top for v in shown) <= len(shown) / 2
+            marks = ["†" if r.fragile and r.fragile[j] else "" for r in block]
             columns.append([("–" if v is None else f"**{v:.1f}**" if bold and round(v, 1) == top else f"{v:.1f}")
-                            for v in vals])
+                            + mark for v, mark in zip(vals, marks, strict=True)])
     return headers, columns
 
 
@@ -372,6 +384,9 @@ def iso_markdown(iso: Sequence[IsoRow]) -> str:
         for i, r in enumerate(block):
             lines.append("| " + " | ".join([r.method, "–" if r.n is None else str(r.n),
                                             *(c[i] for c in columns)]) + " |")
+        if any(any(r.fragile) for r in block):
+            lines += ["", "† within one standard deviation (over seeds) of the tolerance: another set of seeds "
+                      "could move this entry, so its ranking against the others is within the noise."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -388,8 +403,8 @@ def iso_latex(iso: Sequence[IsoRow]) -> str:
                  rf"\begin{{tabular}}{{ll{'r' * len(headers)}}}", r"\toprule",
                  " & ".join(["Method", "$N$", *tex_headers]) + r" \\", r"\midrule"]
         for i, r in enumerate(block):
-            cells = [c[i].replace("–", "--") for c in columns]
-            cells = [rf"\textbf{{{c[2:-2]}}}" if c.startswith("**") else c for c in cells]
+            cells = [c[i].replace("–", "--").replace("†", r"$^\dagger$") for c in columns]
+            cells = [re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", c) for c in cells]
             lines.append(" & ".join([latex_escape(r.method), "--" if r.n is None else str(r.n), *cells]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         parts.append("\n".join(lines))

@@ -34,3 +34,22 @@ def test_cost_counts_each_pretraining_once_and_every_fine_tune():
              "finetune_wall_s": 1.0, "finetune_steps": 10, "gpu_s": None} for s in (0, 1) for _ in range(3)]
     text = "\n".join(cost_lines(recs))
     assert "| m | 2 | 260 | 26.0 | – |" in text
+
+
+def test_iso_accuracy_marks_entries_within_one_std_of_the_tolerance():
+    from reports import tables
+
+    def rec(method, seed, drop, delta):
+        return {"dataset": "d", "model": "m", "method": method, "family": "lorita", "n": 1, "target_kind": "params",
+                "target_drop": drop, "seed": seed, "status": "ok", "base_acc": 0.9, "acc": 0.9 + delta,
+                "delta_acc": delta, "params_drop": drop, "flops_drop": drop, "config_hash": "h"}
+    records = [rec("steady", s, d, -0.002) for s in (0, 1) for d in (0.5, 0.7)]
+    # "noisy" at 0.7: mean -0.6 pp but ±0.8 pp over seeds: inside the 1 pp line only by luck.
+    records += [rec("noisy", 0, 0.5, -0.001), rec("noisy", 1, 0.5, -0.001),
+                rec("noisy", 0, 0.7, 0.0), rec("noisy", 1, 0.7, -0.012)]
+    iso = {r.method: r for r in tables.iso_accuracy(tables.rows(records))}
+    assert iso["steady"].fragile == (False, False)
+    assert iso["noisy"].fragile[1] is True  # the 1 pp column
+    md = tables.iso_markdown(list(iso.values()))
+    assert "70.0†" in md and "within one standard deviation" in md
+    assert r"$^\dagger$" in tables.iso_latex(list(iso.values()))
