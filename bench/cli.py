@@ -94,14 +94,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             runner.run(preset, out, data_dir=args.data_dir, download=args.download, progress=False,
                        echo=lambda s: None, cache_dir=args.cache_dir, executor=executor)
             return 0
+    published = [asdict(p) for p in PRESETS.entry(args.preset).meta.get("published", ())]
     records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
                          progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr),
-                         cache_dir=args.cache_dir, executor=executor)
+                         cache_dir=args.cache_dir, executor=executor, published=published)
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
-    config = preset.to_dict()
-    config["published"] = [asdict(p) for p in PRESETS.entry(args.preset).meta.get("published", ())]
-    path = render(dicts, out, config=config)
+    path = render(dicts, out, config={**preset.to_dict(), "published": published})
     print(f"report: {path}")
     print(f"records: {out / runner.RESULTS}")
     return 0

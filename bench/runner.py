@@ -177,7 +177,7 @@ def check_budget(records: list[Record]) -> None:
 
 def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download: bool = False,
         progress: bool = True, echo: Callable[[str], None] = print, cache_dir: Path | None = None,
-        executor: ExecutorConfig | None = None) -> list[Record]:
+        executor: ExecutorConfig | None = None, published: list[dict] | None = None) -> list[Record]:
     """Run ``preset``, appending records to ``out_dir/results.jsonl``; returns this config's records.
 
     Each (method, seed) is one job: one trained model and every target still missing for it.
@@ -188,7 +188,8 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     target, seed) already recorded as ok or skipped under the same config hash is not run
     again, so a re-run after a partial failure runs only what is missing; trained models come
     from ``cache_dir`` (default ``bench.cache.default_dir()``) when there. The resolved preset
-    is saved as ``out_dir/config.json``. Raises ``UsageError`` for CUDA asked where the jobs
+    is saved as ``out_dir/config.json``, with ``published`` (the preset's published numbers, for
+    reports placing them beside the measured ones) when given. Raises ``UsageError`` for CUDA asked where the jobs
     run without it, or submitit asked and not installed; ``BudgetMismatch`` (see ``check_budget``).
     """
     from bench import executors
@@ -202,7 +203,8 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     out_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()  # under torchrun every rank computes, rank 0 alone writes
     if main:
-        atomic_write_text(out_dir / CONFIG, json.dumps(preset.to_dict(), indent=2, sort_keys=True) + "\n")
+        config_json = {**preset.to_dict(), **({"published": published} if published else {})}
+        atomic_write_text(out_dir / CONFIG, json.dumps(config_json, indent=2, sort_keys=True) + "\n")
     results = out_dir / RESULTS
     chash = preset.config_hash()
     done = {r.key for r in load_records(results) if r.status in ("ok", "skipped")}
