@@ -34,6 +34,10 @@ class Record:
     acc_top5: float | None = None
     delta_acc: float | None = None
     base_val_acc: float | None = None
+    # The dense model of the epoch with the best validation accuracy (test accuracy; chosen on
+    # validation, never on test). Compression always starts from the last epoch.
+    base_acc_val_selected: float | None = None
+    best_val_epoch: int | None = None
     val_acc: float | None = None
     dense_params: int | None = None
     params: int | None = None

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,15 +110,27 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
     meta = cache.load(path, model) if path is not None else None
     if not distributed.agree(meta is not None, dev):  # under torchrun: all ranks load, or all train
         meta = None
+    # The validation-selected epoch's weights ride along in a second checkpoint: the protocol
+    # compresses the last epoch's model, the report also shows the best-on-validation one.
+    best = copy.deepcopy(model)
+    best_path = path.with_suffix(".best.pt") if path is not None else None
     if meta is not None:
         stats = TrainStats(**meta["stats"])
+        has_best = cache.load(best_path, best) is not None
         log.info("%s seed %d: trained model from cache %s", method.name, seed, path)
     else:
         stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
                       progress=progress, desc=f"{method.name} s{seed} train",
-                      after_backward=method.regularizer(model, calib), **preset.speed())
+                      after_backward=method.regularizer(model, calib), keep_best=True, **preset.speed())
+        has_best = stats.best_state is not None
+        if has_best:
+            best.load_state_dict(stats.best_state)
         if path is not None and distributed.is_main():
-            cache.save(path, model, {"stats": asdict(stats)})
+            if has_best:
+                cache.save(best_path, best, {"best_epoch": stats.best_epoch})
+            cache.save(path, model, {"stats": asdict(replace(stats, best_state=None))})
+    best_acc = accuracy(method.dense_reference(best).eval(), data.test_x, data.test_y) if has_best else None
+    del best
     dense = method.dense_reference(model).eval()
     spectra = measure.spectra_of(dense)
     base_acc, base_top5, base_val = _accs(dense, data)
@@ -144,6 +156,7 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
             records.append(Record(
                 **common, base_acc=base_acc, acc=acc, base_acc_top5=base_top5, acc_top5=top5,
                 delta_acc=acc - base_acc, base_val_acc=base_val, val_acc=val,
+                base_acc_val_selected=best_acc, best_val_epoch=stats.best_epoch or None,
                 dense_params=dense_params, params=params, params_drop=1 - params / dense_params,
                 dense_macs=dense_macs, macs=macs, flops_drop=1 - macs / dense_macs,
                 achieved_drop=out.achieved_drop, layers=out.layers, note=out.note, spectra=spectra,

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,10 @@ class TrainStats:
     wall_s: float
     final_loss: float
     val_acc: float  # after the last epoch when a progress bar was shown, else NaN (not computed)
+    best_val_acc: float = float("nan")  # with keep_best: the best validation accuracy of any epoch
+    best_epoch: int = 0  # with keep_best: the epoch (1-based) that reached it
+    # With keep_best: that epoch's weights (the validation-selected model); never cached in meta.
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -93,7 +97,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: float, seed: int,
           progress: bool = False, desc: str = "",
           after_backward: Callable[[nn.Module], None] | None = None,
-          amp: bool = True, channels_last: bool = True, compile: bool = False) -> TrainStats:
+          amp: bool = True, channels_last: bool = True, compile: bool = False,
+          keep_best: bool = False) -> TrainStats:
     """Train ``model`` in place for ``epochs`` epochs of ``data.train`` under ``budget``.
 
     Every epoch is one pass over a fresh permutation (seeded by ``seed``), in
@@ -103,7 +108,9 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     ``amp`` trains under bf16 autocast and ``channels_last`` stores conv nets NHWC; both
     are ignored on CPU. ``compile`` wraps the forward pass in ``torch.compile``. Under
     ``torchrun`` each rank trains on its share of every batch through DDP (``bench.distributed``).
-    Raises ``TrainingDiverged`` on a non-finite loss.
+    ``keep_best`` evaluates the validation split after every epoch and returns the weights
+    of the best epoch beside the last ones: the honest "best epoch", chosen on validation,
+    never on test. Raises ``TrainingDiverged`` on a non-finite loss.
     """
     n = len(data.train_x)
     device = data.train_x.device
@@ -123,6 +130,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         forward = DistributedDataParallel(model, device_ids=[device] if cuda else None)
     forward = torch.compile(forward) if compile else forward
     start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
+    best_val_acc, best_epoch, best_state = float("nan"), 0, None
     bar = None
     if progress and epochs > 0:
         from tqdm.auto import tqdm
@@ -164,12 +172,17 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
         if not distributed.agree(math.isfinite(loss_value), device):
             raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})")
-        if bar is not None:
+        if bar is not None or keep_best:
             val_acc = accuracy(model, data.val_x, data.val_y)
+        if keep_best and not val_acc <= best_val_acc:  # ties keep the earlier epoch; NaN best = none yet
+            best_val_acc, best_epoch = val_acc, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if bar is not None:
             bar.set_postfix(loss=f"{loss_value:.3f}", val_acc=f"{val_acc:.3f}")
             bar.update()
     if bar is not None:
         bar.close()
     if cuda and channels_last and conv:
         model.to(memory_format=torch.contiguous_format)
-    return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc)
+    return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
+                      best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state)

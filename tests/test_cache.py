@@ -29,20 +29,21 @@ def test_a_second_run_reuses_trained_models_and_gets_the_same_numbers(tmp_path, 
     ckpts = tmp_path / "ckpt"
     assert main([*ARGS, "--out", str(tmp_path / "a"), "--cache-dir", str(ckpts)]) == 0
     assert count_training == [2, 1, 2, 1]  # pre-train + fine-tune per method
-    assert len(list(ckpts.glob("*.pt"))) == 2
+    assert len(_trained(ckpts)) == 2 and len(list(ckpts.glob("*.best.pt"))) == 2
     count_training.clear()
     assert main([*ARGS, "--out", str(tmp_path / "b"), "--cache-dir", str(ckpts)]) == 0
     assert count_training == [1, 1]  # only the fine-tunes: the trained models came from the cache
     a, b = (load_records(tmp_path / d / "results.jsonl") for d in "ab")
-    assert [(r.method, r.acc, r.params, r.train_steps) for r in a] == [
-        (r.method, r.acc, r.params, r.train_steps) for r in b]
+    assert [(r.method, r.acc, r.params, r.train_steps, r.base_acc_val_selected, r.best_val_epoch) for r in a] == [
+        (r.method, r.acc, r.params, r.train_steps, r.base_acc_val_selected, r.best_val_epoch) for r in b]
+    assert all(r.base_acc_val_selected is not None and 1 <= r.best_val_epoch <= 2 for r in a)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_corrupt_checkpoint_is_reported_and_retrained(tmp_path, count_training, caplog, damage):
     ckpts = tmp_path / "ckpt"
     assert main([*ARGS, "--methods", "lorita-n2", "--out", str(tmp_path / "a"), "--cache-dir", str(ckpts)]) == 0
-    (path,) = ckpts.glob("*.pt")
+    (path,) = _trained(ckpts)
     raw = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(raw[: len(raw) // 2])
@@ -58,6 +59,10 @@ def test_a_corrupt_checkpoint_is_reported_and_retrained(tmp_path, count_training
     assert "corrupt checkpoint" in caplog.text
     assert path.exists() and path.with_suffix(".pt.corrupt").exists()
     assert cache.load(path, _model_for(path)) is not None  # the rewritten checkpoint is sound
+
+
+def _trained(folder):
+    return [p for p in folder.glob("*.pt") if not p.name.endswith(".best.pt")]
 
 
 def _model_for(path):

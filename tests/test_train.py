@@ -67,3 +67,18 @@ def test_cuda_path_with_torch_compile():
     stats = train(model, d, Budget(epochs=1, finetune_epochs=0, batch_size=32), epochs=1, lr=0.05, seed=0,
                   compile=True)
     assert stats.steps == 2
+
+
+def test_keep_best_returns_the_validation_selected_epoch():
+    from bench import data as data_mod
+    from bench.train import accuracy
+
+    d = data_mod.load("digits")
+    torch.manual_seed(0)
+    model = build("fcn", 10, d.input_shape, {"depth": 3, "width": 32})
+    stats = train(model, d, Budget(epochs=4, finetune_epochs=0, lr=0.05), epochs=4, lr=0.05, seed=0, keep_best=True)
+    assert 1 <= stats.best_epoch <= 4
+    last_val = accuracy(model, d.val_x, d.val_y)
+    assert stats.best_val_acc >= last_val
+    model.load_state_dict(stats.best_state)
+    assert accuracy(model, d.val_x, d.val_y) == stats.best_val_acc
