@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,14 +29,18 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.flatten(1) if weight.dim() > 2 else weight
 
 
+def _layer_matrix(layer: nn.Module) -> torch.Tensor:
+    """The float64 CPU matrix a compressible layer computes with (compositions merged)."""
+    return _matrix(layer_weight(layer)).cpu()
+
+
 def spectra(model: nn.Module) -> dict[str, torch.Tensor]:
     """Singular values (descending, float64, CPU) of every compressible weight, by layer name.
 
     Compositions are merged and low-rank pairs multiplied out before the SVD; conv weights
     are reshaped to out×(in·kh·kw). The model is not modified.
     """
-    return {name: torch.linalg.svdvals(_matrix(layer_weight(m)).cpu())
-            for name, m in compressible_layers(model).items()}
+    return {name: torch.linalg.svdvals(_layer_matrix(m)) for name, m in compressible_layers(model).items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +59,6 @@ class Plan:
 
     layers: tuple[LayerPlan, ...]
     policy: RankPolicy | None = None
-    info: tuple[LayerInfo, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -97,20 +100,18 @@ def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
     if not isinstance(policy, RankPolicy):
         raise TypeError(f"policy must be a lorita RankPolicy, got {type(policy).__name__}")
     layers = compressible_layers(model)
-    sig = spectra(model)
     positions = _positions(model, layers, example_inputs) if example_inputs is not None else {}
     infos = []
     for name, m in layers.items():
-        w = layer_weight(m)
-        infos.append(LayerInfo(name=name, sigma=sig[name], fan_in=_matrix(w).shape[1],
-                               fan_out=w.shape[0], positions=positions.get(name)))
-    totals = Totals(params=sum(p.numel() for p in merge(copy.deepcopy(model)).parameters()),
-                    macs=count_macs_params(merge(copy.deepcopy(model)), example_inputs)[0]
-                    if example_inputs is not None else None)
+        w = _layer_matrix(m)  # merged once per layer, for its spectrum and its shape
+        infos.append(LayerInfo(name=name, sigma=torch.linalg.svdvals(w), fan_in=w.shape[1], fan_out=w.shape[0],
+                               positions=positions.get(name)))
+    merged = merge(copy.deepcopy(model))
+    totals = Totals(params=sum(p.numel() for p in merged.parameters()),
+                    macs=count_macs_params(merged, example_inputs)[0] if example_inputs is not None else None)
     ranks = policy.ranks(infos, totals)
     return Plan(layers=tuple(LayerPlan(name=li.name, full_rank=li.full_rank, rank=ranks[li.name],
-                                       factored=li.factored(ranks[li.name])) for li in infos),
-                policy=policy, info=tuple(infos))
+                                       factored=li.factored(ranks[li.name])) for li in infos), policy=policy)
 
 
 def _factor(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
