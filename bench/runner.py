@@ -40,13 +40,20 @@ class BudgetMismatch(RuntimeError):
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    """Versions of the packages that shape the numbers (a fresh dict; looked up once per process)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # Every record and cache key asks; each lookup scans the installed distributions.
+    out = []
     for dist in ("lorita-bench", "torch", "torchvision", "torch-pruning", "timm"):
         try:
-            out[dist] = metadata.version(dist)
+            out.append((dist, metadata.version(dist)))
         except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+            out.append((dist, "not installed"))
+    return tuple(out)
 
 
 def _base(preset: Preset, method: Method, target: Target, seed: int, chash: str) -> dict:
