@@ -119,8 +119,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     opt = _optimizer(model, budget, lr)
     sched = _scheduler(opt, budget, lr, epochs, per_epoch)
     gen = torch.Generator().manual_seed(seed)
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if cuda and channels_last and conv:
+    nhwc = cuda and channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if nhwc:
         model.to(memory_format=torch.channels_last)
     ranks, me = distributed.world(), distributed.rank()
     forward = model
@@ -150,7 +150,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
             y = data.train_y[idx]
             if ranks > 1:  # this rank's share of the global batch
                 x, y = x[me::ranks], y[me::ranks]
-            if cuda and channels_last and conv:
+            if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
                 # Sum over this rank's samples / global batch size, times ranks: DDP's gradient
@@ -182,7 +182,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
             bar.update()
     if bar is not None:
         bar.close()
-    if cuda and channels_last and conv:
+    if nhwc:
         model.to(memory_format=torch.contiguous_format)
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
                       best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state)
