@@ -203,11 +203,12 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
         macs, params = count_macs_params(m, example)
         return 1 - (params / params0 if kind == "params" else macs / macs0)
 
+    head_ratio = head_ratio_for(model, drop)  # fixed for the whole search
     lo, hi = 0.0, 1.0
     best: tuple[float, nn.Module | None, float] = (float("inf"), None, 0.0)
     for _ in range(max_iter):
         ratio = (lo + hi) / 2
-        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio_for(model, drop))
+        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio)
         got = achieved(pruned)
         if abs(got - drop) < best[0]:
             best = (abs(got - drop), pruned, got)
