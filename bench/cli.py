@@ -84,20 +84,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
                               timeout_min=args.timeout_min)
     out = Path(args.out)
+    main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
         from bench import distributed
 
         if executor.kind != "local":
             raise UsageError("torchrun runs the suite in-process; accepted: --executor local under torchrun")
         preset = preset.override(device=distributed.setup_from_env(preset.device))
-        if not distributed.is_main():
-            runner.run(preset, out, data_dir=args.data_dir, download=args.download, progress=False,
-                       echo=lambda s: None, cache_dir=args.cache_dir, executor=executor)
-            return 0
+        main_rank = distributed.is_main()
     published = [asdict(p) for p in PRESETS.entry(args.preset).meta.get("published", ())]
+    # Every rank runs the suite; only rank 0 shows progress, prints and reports.
     records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
-                         progress=not args.no_progress, echo=lambda s: print(s, file=sys.stderr),
+                         progress=main_rank and not args.no_progress,
+                         echo=(lambda s: print(s, file=sys.stderr)) if main_rank else (lambda s: None),
                          cache_dir=args.cache_dir, executor=executor, published=published)
+    if not main_rank:
+        return 0
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
     path = render(dicts, out, config={**preset.to_dict(), "published": published})
