@@ -10,28 +10,15 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.results import atomic_write_text
 from reports import tables
 from reports.tables import latest
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
-
-
-def _write(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (a reader sees the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not mkstemp, whose files are 0600) so the report gets the user's usual permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _machine_line(machine: Mapping[str, Any]) -> str:
@@ -188,12 +175,12 @@ def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mappi
     rows = tables.rows(records)
     iso = tables.iso_accuracy(rows)
     results_md, iso_md = tables.markdown(rows), tables.iso_markdown(iso)
-    _write(out_dir / "tables" / "results.md", results_md)
-    _write(out_dir / "tables" / "results.tex", tables.latex(rows))
-    _write(out_dir / "tables" / "results.csv", tables.to_csv(rows))
-    _write(out_dir / "tables" / "iso_accuracy.md", iso_md)
-    _write(out_dir / "tables" / "iso_accuracy.tex", tables.iso_latex(iso))
-    _write(out_dir / "tables" / "iso_accuracy.csv", tables.iso_csv(iso))
+    atomic_write_text(out_dir / "tables" / "results.md", results_md)
+    atomic_write_text(out_dir / "tables" / "results.tex", tables.latex(rows))
+    atomic_write_text(out_dir / "tables" / "results.csv", tables.to_csv(rows))
+    atomic_write_text(out_dir / "tables" / "iso_accuracy.md", iso_md)
+    atomic_write_text(out_dir / "tables" / "iso_accuracy.tex", tables.iso_latex(iso))
+    atomic_write_text(out_dir / "tables" / "iso_accuracy.csv", tables.iso_csv(iso))
 
     text = [f"# {title}", "", _summary(records) if records else "No records.", "",
             "## Results", "",
@@ -218,5 +205,5 @@ def render(records: Sequence[Mapping[str, Any]], out_dir: Path, *, config: Mappi
     text += cost_lines(records)
     text += [*protocol_lines(records, config, machines), "", "## All runs", "", tables.runs_markdown(records)]
     path = out_dir / "report.md"
-    _write(path, "\n".join(text))
+    atomic_write_text(path, "\n".join(text))
     return path
