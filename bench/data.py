@@ -110,6 +110,9 @@ class TorchvisionSpec:
     mean: tuple[float, ...]  # per channel, of the [0, 1]-scaled official train split
     std: tuple[float, ...]
     augment: str | None
+    # Zero (background) border added to every image before normalizing: 28×28 digits padded to
+    # 32×32 (LeNet-5's convention) so that the CIFAR conv nets and ViT see their usual size.
+    pad: int = 0
 
 
 # The published per-channel statistics of each official train split. CIFAR's std is the
@@ -119,6 +122,10 @@ MNIST_SPEC = TorchvisionSpec(name="mnist", torchvision_class="MNIST", num_classe
                              mean=(0.1307,), std=(0.3081,), augment=None)
 FASHION_MNIST_SPEC = TorchvisionSpec(name="fashion-mnist", torchvision_class="FashionMNIST", num_classes=10,
                                      mean=(0.2860,), std=(0.3530,), augment=None)
+# The same files and statistics (those of the unpadded images, so the border is the usual
+# normalized background value -0.81, not 0): inputs (1, 32, 32) for VGG, ResNet and ViT.
+FASHION_MNIST_32_SPEC = TorchvisionSpec(name="fashion-mnist-32", torchvision_class="FashionMNIST", num_classes=10,
+                                        mean=(0.2860,), std=(0.3530,), augment=None, pad=2)
 CIFAR10_SPEC = TorchvisionSpec(name="cifar10", torchvision_class="CIFAR10", num_classes=10,
                                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), augment="crop-flip")
 CIFAR100_SPEC = TorchvisionSpec(name="cifar100", torchvision_class="CIFAR100", num_classes=100,
@@ -198,6 +205,8 @@ def _load_torchvision(spec: TorchvisionSpec, data_dir: Path | str | None, downlo
                          "a folder with the official files in torchvision's layout, or delete these and add "
                          "--download (needs internet)") from None
     train_u8, test_u8 = _u8_images(train.data), _u8_images(test.data)
+    if spec.pad:
+        train_u8, test_u8 = (torch.nn.functional.pad(u8, (spec.pad,) * 4) for u8 in (train_u8, test_u8))
     train_y = torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
     test_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
     if len(train_y) <= VAL_SIZE:
@@ -268,12 +277,23 @@ def fashion_mnist(data_dir: Path | str | None = None, download: bool = False) ->
     the published mean/std (0.2860, 0.3530); no augmentation. Raises ``UsageError`` when the
     files are found nowhere and ``download`` is False.
     """
+    return _fashion_mnist(FASHION_MNIST_SPEC, data_dir, download)
+
+
+@DATASETS.register("fashion-mnist-32", description="Fashion-MNIST padded to 32×32 (1 channel) for the CIFAR "
+                   "conv nets and the ViT; same files and splits as fashion-mnist")
+def fashion_mnist_32(data_dir: Path | str | None = None, download: bool = False) -> Splits:
+    """As ``fashion_mnist``, every image zero-padded by 2 pixels (before normalizing): shapes (N, 1, 32, 32)."""
+    return _fashion_mnist(FASHION_MNIST_32_SPEC, data_dir, download)
+
+
+def _fashion_mnist(spec: TorchvisionSpec, data_dir: Path | str | None, download: bool) -> Splits:
     also = ""
     if data_dir is None:
         found = _fashion_mnist_from_debian(default_data_dir())
         if not found:
             also = f" or in {DEBIAN_FASHION_MNIST} (Debian package dataset-fashion-mnist)"
-    return _load_torchvision(FASHION_MNIST_SPEC, data_dir, download, also)
+    return _load_torchvision(spec, data_dir, download, also)
 
 
 @DATASETS.register("cifar10", description="CIFAR-10 via torchvision (32×32 RGB, 10 classes, md5-checked); "

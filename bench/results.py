@@ -65,6 +65,10 @@ class Record:
     pretrain_wall_s: float | None = None  # shared by every target of one (method, seed)
     finetune_wall_s: float | None = None
     gpu_s: float | None = None  # on CUDA: GPU-seconds of training (one GPU per job); None on CPU
+    # Peak memory of the (pre-)training in MiB: what N costs LoRITa. CUDA max_memory_allocated,
+    # or on CPU the process's peak resident size during training (data set included).
+    train_peak_mem_mb: float | None = None
+    finetune_peak_mem_mb: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
 

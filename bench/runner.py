@@ -173,7 +173,8 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                 throughput_ms=tput.median_ms, pretrain_steps=stats.steps, finetune_steps=ft.steps,
                 train_steps=stats.steps + ft.steps,
                 train_wall_s=stats.wall_s + ft.wall_s, pretrain_wall_s=stats.wall_s, finetune_wall_s=ft.wall_s,
-                gpu_s=stats.wall_s + ft.wall_s if torch.device(dev).type == "cuda" else None))
+                gpu_s=stats.wall_s + ft.wall_s if torch.device(dev).type == "cuda" else None,
+                train_peak_mem_mb=stats.peak_mem_mb, finetune_peak_mem_mb=ft.peak_mem_mb))
         except NotApplicable as why:
             records.append(Record(**common, status="skipped", reason=str(why)))
         except Exception as err:  # one failing target must not sink the others

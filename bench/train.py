@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +32,39 @@ class TrainStats:
     val_acc: float  # after the last epoch when a progress bar was shown, else NaN (not computed)
     best_val_acc: float = float("nan")  # with keep_best: the best validation accuracy of any epoch
     best_epoch: int = 0  # with keep_best: the epoch (1-based) that reached it
+    # Peak memory of this training in MiB: CUDA ``max_memory_allocated`` on a GPU, the process's
+    # peak resident size (VmHWM, reset at the start) on CPU; None where neither can be read.
+    peak_mem_mb: float | None = None
     # With keep_best: that epoch's weights (the validation-selected model); never cached in meta.
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Linux resets the process's peak resident size (VmHWM) on writing 5 to clear_refs; where
+    # that is refused (another OS, a sandbox), VmHWM is the process's peak so far.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory since ``_reset_peak_memory`` in MiB (see ``TrainStats.peak_mem_mb``); None if unreadable."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
 
 
 def _optimizer(model: nn.Module, budget: Budget, lr: float) -> torch.optim.Optimizer:
@@ -129,6 +157,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
 
         forward = DistributedDataParallel(model, device_ids=[device] if cuda else None)
     forward = torch.compile(forward) if compile else forward
+    _reset_peak_memory(device)
     start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
     best_val_acc, best_epoch, best_state = float("nan"), 0, None
     bar = None
@@ -185,4 +214,5 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     if nhwc:
         model.to(memory_format=torch.contiguous_format)
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
-                      best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state)
+                      best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state,
+                      peak_mem_mb=peak_memory_mb(device))

@@ -185,3 +185,17 @@ def test_real_debian_fashion_mnist(monkeypatch):
     assert d.val_y.bincount().tolist() == [500] * 10 and d.test_y.bincount().tolist() == [1_000] * 10
     # The published constants are those of the official train split: it comes out standardized.
     assert abs(float(d.train_x.mean())) < 0.01 and abs(float(d.train_x.std()) - 1) < 0.01
+
+
+def test_fashion_mnist_32_pads_the_same_images_with_background(tmp_path):
+    arrays = write_idx(tmp_path / "FashionMNIST" / "raw", idx_set(np.random.default_rng(8)))
+    plain = data.load("fashion-mnist", data_dir=tmp_path)
+    padded = data.load("fashion-mnist-32", data_dir=tmp_path)
+    assert padded.input_shape == (1, 32, 32) and padded.test_y.tolist() == plain.test_y.tolist()
+    torch.testing.assert_close(padded.test_x[:, :, 2:30, 2:30], plain.test_x, rtol=0, atol=0)
+    # The border is a black (0) pixel under the unpadded images' normalization.
+    background = (0 - data.FASHION_MNIST_SPEC.mean[0]) / data.FASHION_MNIST_SPEC.std[0]
+    border = padded.test_x.clone()
+    border[:, :, 2:30, 2:30] = background
+    assert torch.allclose(border, torch.full_like(border, background))
+    assert len(arrays["t10k-images-idx3-ubyte"]) == len(padded.test_x)

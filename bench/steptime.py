@@ -1,0 +1,182 @@
+"""What LoRITa's N costs in training: step time and peak memory of N factors against N=1, paired.
+
+Two training steps are timed in alternating rounds (A B, then B A, …) on the same device in
+one process, so that clock boosts, thermal drift or a busy neighbour hit both; the verdict is
+the median of the per-round ratios, with its interquartile range. On CUDA each step is timed
+with CUDA events; on CPU with ``perf_counter``. Inputs are random tensors of the data set's
+shape: step time does not depend on the values.
+
+``python -m bench.steptime --device cuda --models vgg16,vit --n 3`` prints a table and, with
+``--out FILE``, writes the measurements as JSON (the GPU evidence script's step-time table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lorita
+from bench.models import build
+
+Step = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Paired:
+    """Step times of A and B (median ms) and the median and IQR of the per-round ratio B/A."""
+
+    a_ms: float
+    b_ms: float
+    ratio: float
+    ratio_q1: float
+    ratio_q3: float
+    rounds: int
+
+
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bool = True,
+                  channels_last: bool = True, compile: bool = False) -> Step:
+    """One SGD step of the suite's loop (momentum, coupled weight decay, bf16 autocast and
+    channels-last on CUDA, optional ``torch.compile``) on the fixed batch ``(x, y)``."""
+    cuda = x.device.type == "cuda"
+    if cuda and channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
+    forward = torch.compile(model) if compile else model
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else contextlib.nullcontext():
+            loss = F.cross_entropy(forward(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _timed(step: Step, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    step()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, warmup: int = 3,
+           steps_per_round: int = 1) -> Paired:
+    """Time ``a`` and ``b`` in ``rounds`` alternating rounds (order swapped every round) after
+    ``warmup`` untimed rounds; each round times ``steps_per_round`` consecutive steps of each."""
+    device = torch.device(device)
+
+    def block(step: Step) -> Step:
+        def run() -> None:
+            for _ in range(steps_per_round):
+                step()
+        return run
+
+    a_run, b_run = block(a), block(b)
+    for _ in range(warmup):
+        a_run()
+        b_run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    ta, tb = [], []
+    for i in range(rounds):
+        if i % 2:
+            tb.append(_timed(b_run, device))
+            ta.append(_timed(a_run, device))
+        else:
+            ta.append(_timed(a_run, device))
+            tb.append(_timed(b_run, device))
+    ratios = sorted(y / x for x, y in zip(ta, tb, strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if rounds >= 2 else (ratios[0], 0, ratios[0])
+    return Paired(a_ms=statistics.median(ta) / steps_per_round, b_ms=statistics.median(tb) / steps_per_round,
+                  ratio=statistics.median(ratios), ratio_q1=q1, ratio_q3=q3, rounds=rounds)
+
+
+def peak_step_memory_mb(step: Step, device: torch.device) -> float | None:
+    """CUDA peak memory (MiB) of one step after the model's state exists; None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def n_vs_1(model_name: str, n: int, *, device: str, batch_size: int, input_shape: tuple[int, ...] = (1, 32, 32),
+           num_classes: int = 10, options: dict | None = None, compile: bool = False, rounds: int = 15,
+           amp: bool = True, channels_last: bool = True) -> dict:
+    """N-factor LoRITa against N=1 on ``model_name``: paired step times and each one's peak memory."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, *input_shape, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    steps = []
+    for factors in (1, n):
+        torch.manual_seed(0)
+        model = build(model_name, num_classes, input_shape, options or {})
+        model = lorita.overparameterize(model, factors) if factors > 1 else model
+        steps.append(training_step(model.to(dev), x, y, amp=amp, channels_last=channels_last, compile=compile))
+    # The first calls compile (with compile=True) and allocate optimizer state outside the timing.
+    memory = [peak_step_memory_mb(s, dev) for s in steps]
+    p = paired(steps[0], steps[1], dev, rounds=rounds)
+    return {"model": model_name, "options": options or {}, "n": n, "batch_size": batch_size, "device": device,
+            "amp": amp and dev.type == "cuda", "channels_last": channels_last and dev.type == "cuda",
+            "compile": compile, **asdict(p), "peak_mem_n1_mb": memory[0], "peak_mem_n_mb": memory[1]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.steptime", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="vgg16,resnet20,vit", help="comma-separated registered models")
+    ap.add_argument("--n", type=int, default=3, help="LoRITa factors compared with N=1 (default 3)")
+    ap.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    ap.add_argument("--batch-size", type=int, default=128, help="default 128, the presets' batch")
+    ap.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
+    ap.add_argument("--compile", choices=("no", "yes", "both"), default="no", help="torch.compile (default no)")
+    ap.add_argument("--model-options", default="", help="MODEL:KEY=VALUE;… e.g. vgg16:width=0.25")
+    ap.add_argument("--out", help="write the measurements as JSON to this file (appends to a list there)")
+    args = ap.parse_args(argv)
+    options: dict[str, dict] = {}
+    for part in filter(None, args.model_options.split(";")):
+        model, _, kv = part.partition(":")
+        key, _, value = kv.partition("=")
+        options.setdefault(model, {})[key] = json.loads(value)
+    compiles = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
+    results = []
+    for model in filter(None, args.models.split(",")):
+        for comp in compiles:
+            r = n_vs_1(model, args.n, device=args.device, batch_size=args.batch_size, options=options.get(model),
+                       compile=comp, rounds=args.rounds)
+            results.append(r)
+            print(f"{model:10s} compile={comp!s:5s} N=1 {r['a_ms']:.2f} ms  N={args.n} {r['b_ms']:.2f} ms  "
+                  f"ratio {r['ratio']:.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}]  "
+                  f"peak {r['peak_mem_n1_mb'] or float('nan'):.0f}/{r['peak_mem_n_mb'] or float('nan'):.0f} MiB",
+                  flush=True)
+            if args.out:
+                path = Path(args.out)
+                old = json.loads(path.read_text()) if path.exists() else []
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps([*old, r], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
