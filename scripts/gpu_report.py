@@ -114,7 +114,8 @@ def render(out_dir: Path, epochs: int, finetune: int) -> int:
     for preset, records in by_preset.items():
         lines += [f"### {preset}", "", f"Full report with figures: [{preset}/report.md]({preset}/report.md)", "",
                   *latency_table(records), ""]
-    lines += ["## Peak memory per method (GPU: max_memory_allocated; CPU dry run: process peak RSS)", "", *memory_lines(by_preset), "",
+    lines += ["## Peak memory per method (GPU: max_memory_allocated; CPU dry run: process peak RSS)", "",
+              *memory_lines(by_preset), "",
               f"Failed runs: {failed}."]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out_dir / 'report.md'} ({failed} failed run(s))")
