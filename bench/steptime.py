@@ -123,7 +123,7 @@ def peak_step_memory_mb(step: Step, device: torch.device) -> float | None:
 
 def n_vs_1(model_name: str, n: int, *, device: str, batch_size: int, input_shape: tuple[int, ...] = (1, 32, 32),
            num_classes: int = 10, options: dict | None = None, compile: bool = False, rounds: int = 15,
-           amp: bool = True, channels_last: bool = True) -> dict:
+           steps_per_round: int = 1, amp: bool = True, channels_last: bool = True) -> dict:
     """N-factor LoRITa against N=1 on ``model_name``: paired step times and each one's peak memory."""
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def n_vs_1(model_name: str, n: int, *, device: str, batch_size: int, input_shape
         steps.append(training_step(model.to(dev), x, y, amp=amp, channels_last=channels_last, compile=compile))
     # The first calls compile (with compile=True) and allocate optimizer state outside the timing.
     memory = [peak_step_memory_mb(s, dev) for s in steps]
-    p = paired(steps[0], steps[1], dev, rounds=rounds)
+    p = paired(steps[0], steps[1], dev, rounds=rounds, steps_per_round=steps_per_round)
     return {"model": model_name, "options": options or {}, "n": n, "batch_size": batch_size, "device": device,
             "amp": amp and dev.type == "cuda", "channels_last": channels_last and dev.type == "cuda",
             "compile": compile, **asdict(p), "peak_mem_n1_mb": memory[0], "peak_mem_n_mb": memory[1]}
@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
     ap.add_argument("--batch-size", type=int, default=128, help="default 128, the presets' batch")
     ap.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
+    ap.add_argument("--steps-per-round", type=int, default=1, help="consecutive steps timed together (default 1)")
     ap.add_argument("--compile", choices=("no", "yes", "both"), default="no", help="torch.compile (default no)")
     ap.add_argument("--model-options", default="", help="MODEL:KEY=VALUE;… e.g. vgg16:width=0.25")
     ap.add_argument("--out", help="write the measurements as JSON to this file (appends to a list there)")
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in filter(None, args.models.split(",")):
         for comp in compiles:
             r = n_vs_1(model, args.n, device=args.device, batch_size=args.batch_size, options=options.get(model),
-                       compile=comp, rounds=args.rounds)
+                       compile=comp, rounds=args.rounds, steps_per_round=args.steps_per_round)
             results.append(r)
             print(f"{model:10s} compile={comp!s:5s} N=1 {r['a_ms']:.2f} ms  N={args.n} {r['b_ms']:.2f} ms  "
                   f"ratio {r['ratio']:.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}]  "

@@ -21,6 +21,7 @@ METHODS=${METHODS:-lorita-n1,lorita-n2,lorita-n3,l1-filter,group-l2,taylor}
 TARGETS=${TARGETS:-flops:0.5,params:0.7}
 STEP_ROUNDS=${STEP_ROUNDS:-15}
 STEP_BATCH=${STEP_BATCH:-128}
+STEPS_PER_ROUND=${STEPS_PER_ROUND:-5}
 PRESETS=${PRESETS:-fashion-mnist-vgg16 fashion-mnist-resnet20 fashion-mnist-vit}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -72,12 +73,12 @@ PY
 [ $? -eq 0 ] || exit 2
 
 stage "training-step time, N=3 vs N=1, eager"
-timeout "${STEP_TIMEOUT:-120}" "$PY" -m bench.steptime --device "$DEVICE" --models "${STEP_MODELS:-vgg16,resnet20,vit}" --n 3 --batch-size "$STEP_BATCH" \
-    --rounds "$STEP_ROUNDS" --out "$OUT_DIR/steps.json" ${STEP_OPTIONS:+--model-options "$STEP_OPTIONS"} || failed=1
+timeout "${STEP_TIMEOUT:-60}" "$PY" -m bench.steptime --device "$DEVICE" --models "${STEP_MODELS:-vgg16,resnet20,vit}" --n 3 --batch-size "$STEP_BATCH" \
+    --rounds "$STEP_ROUNDS" --steps-per-round "$STEPS_PER_ROUND" --out "$OUT_DIR/steps.json" ${STEP_OPTIONS:+--model-options "$STEP_OPTIONS"} || failed=1
 
 for preset in $PRESETS; do
     stage "preset $preset: epochs $EPOCHS (fine-tune $FINETUNE), $METHODS at $TARGETS"
-    timeout "${PRESET_TIMEOUT:-170}" "$PY" -m bench.cli run --preset "$preset" --device "$DEVICE" --data-dir "$DATA" \
+    timeout "${PRESET_TIMEOUT:-120}" "$PY" -m bench.cli run --preset "$preset" --device "$DEVICE" --data-dir "$DATA" \
         --epochs "$EPOCHS" --finetune-epochs "$FINETUNE" --methods "$METHODS" --targets "$TARGETS" \
         --throughput-batch 256 --out "$OUT_DIR/$preset" --cache-dir "$OUT_DIR/.cache" --no-progress \
         ${PRESET_ARGS:-} || failed=1
@@ -86,8 +87,8 @@ done
 COMPILE_MODELS=${COMPILE_MODELS-vgg16,vit}
 if [ -n "$COMPILE_MODELS" ]; then
     stage "training-step time, N=3 vs N=1, torch.compile"
-    timeout "${COMPILE_TIMEOUT:-150}" "$PY" -m bench.steptime --device "$DEVICE" --models "$COMPILE_MODELS" --n 3 \
-        --batch-size "$STEP_BATCH" --rounds "$STEP_ROUNDS" --compile yes --out "$OUT_DIR/steps.json" \
+    timeout "${COMPILE_TIMEOUT:-120}" "$PY" -m bench.steptime --device "$DEVICE" --models "$COMPILE_MODELS" --n 3 \
+        --batch-size "$STEP_BATCH" --rounds "$STEP_ROUNDS" --steps-per-round "$STEPS_PER_ROUND" --compile yes --out "$OUT_DIR/steps.json" \
         ${STEP_OPTIONS:+--model-options "$STEP_OPTIONS"} || failed=1
 fi
 

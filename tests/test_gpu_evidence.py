@@ -10,7 +10,7 @@ from realformat import idx_set, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"STEP_OPTIONS": "vgg16:width=0.0625;resnet20:width=0.25;vit:embed_dim=24;vit:depth=1;vit:num_heads=2",
-        "STEP_MODELS": "vgg16,vit", "COMPILE_MODELS": "", "STEP_ROUNDS": "2", "STEP_BATCH": "4",
+        "STEP_MODELS": "vgg16,vit", "COMPILE_MODELS": "", "STEP_ROUNDS": "2", "STEP_BATCH": "4", "STEPS_PER_ROUND": "1",
         "EPOCHS": "2", "FINETUNE": "1", "METHODS": "lorita-n2,group-l2", "TARGETS": "flops:0.5",
         "PRESETS": "fashion-mnist-vgg16",
         "PRESET_ARGS": "--model-options width=0.0625 --latency-rounds 2 --throughput-batch 4"}
@@ -41,6 +41,6 @@ def test_gpu_evidence_dry_run_on_cpu_writes_its_report(tmp_path):
 
 
 def test_gpu_evidence_exits_nonzero_when_a_run_fails(tmp_path):
-    proc = _run(tmp_path, STEP_MODELS="vgg16", PRESETS="fashion-mnist-vgg16 no-such-preset")
+    proc = _run(tmp_path, STEP_MODELS="fcn", PRESETS="no-such-preset")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "unknown preset 'no-such-preset'" in proc.stderr
