@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ConvComposition", "LinearComposition", "LowRankConv2d", "LowRankLinear",
@@ -16,6 +18,11 @@ class LinearComposition(nn.Sequential):
 
     Children are named ``0 … N-1`` in the order they are applied, so parameter names
     stay readable (``blocks.0.mlp.fc1.2.weight`` is the last factor of ``fc1``).
+    The forward computes the same function as the chain of factors in whichever order of
+    the matrix chain is cheaper for the input at hand: many rows (batch × tokens) fold the
+    factors into one weight and run one ``F.linear``; few rows run the factors one by one.
+    Autograd gives every factor its exact gradient either way. Hooks registered on a
+    single factor fire only when the chain runs.
     """
 
     def __init__(self, linear: nn.Linear, n: int) -> None:
@@ -34,12 +41,33 @@ class LinearComposition(nn.Sequential):
     def n(self) -> int:
         return len(self)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        if self.n > 1 and _fold_is_cheaper(rows=rows, square=self.in_features, other=self.out_features,
+                                           extra=self.n - 1):
+            return self._fold(x)
+        return self._chain(x)
+
+    def _chain(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Sequential.forward(self, x)
+
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._folded_weight(), self[-1].bias)
+
+    def _folded_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The out×in product of the factors, differentiable, in ``dtype`` (default: the factors' own).
+
+        Autocast does not apply to the product: it is float32 for float32 factors in bf16 training.
+        """
+        mats = [f.weight if dtype is None else f.weight.to(dtype) for f in reversed(list(self))]
+        with _no_autocast(mats[0].device):
+            return _chain_product(mats)
+
     def merged(self) -> nn.Linear:
-        """One ``nn.Linear`` computing the same map (product taken in float64)."""
+        """One ``nn.Linear`` computing the same map (the fold's product, taken in float64)."""
         last: nn.Linear = self[-1]
-        w = last.weight.detach().double()
-        for square in reversed(list(self)[:-1]):
-            w = w @ square.weight.detach().double()
+        with torch.no_grad():
+            w = self._folded_weight(torch.float64)
         out = nn.Linear(self.in_features, self.out_features, bias=last.bias is not None,
                         device=last.weight.device, dtype=last.weight.dtype)
         with torch.no_grad():
@@ -53,7 +81,11 @@ class ConvComposition(nn.Sequential):
     """``Conv2d(k×k)`` trained as the k×k conv followed by N-1 bias-free 1×1 convs (out→out).
 
     The original conv keeps its bias, stride, padding and dilation; merging folds the
-    1×1 maps into its output channels (and into its bias).
+    1×1 maps into its output channels (and into its bias). The forward computes the same
+    function in the cheaper order: where the output has more positions (batch × H × W)
+    than the weights are wide, the 1×1 maps are folded into the kernel and one conv runs;
+    otherwise (small maps late in a net, batch-1 inference) the convs run one by one.
+    Hooks registered on a single factor fire only when the chain runs.
     """
 
     def __init__(self, conv: nn.Conv2d, n: int) -> None:
@@ -71,23 +103,105 @@ class ConvComposition(nn.Sequential):
     def n(self) -> int:
         return len(self)
 
-    def merged(self) -> nn.Conv2d:
-        """One ``nn.Conv2d`` of the original shape computing the same map."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         first: nn.Conv2d = self[0]
-        mix = torch.eye(self.out_channels, dtype=torch.float64, device=first.weight.device)
-        for pointwise in list(self)[1:]:
-            mix = pointwise.weight.detach().double().flatten(1) @ mix
-        w = first.weight.detach().double()
-        merged_w = (mix @ w.flatten(1)).view_as(w)
+        fan_in = first.weight[0].numel()
+        if self.n > 1 and _fold_is_cheaper(rows=_output_rows(first, x), square=self.out_channels,
+                                           other=fan_in, extra=self.n - 1):
+            return self._fold(x)
+        return self._chain(x)
+
+    def _chain(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Sequential.forward(self, x)
+
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        first: nn.Conv2d = self[0]
+        weight, bias = self._folded()
+        if not first.weight.is_contiguous() and first.weight.is_contiguous(memory_format=torch.channels_last):
+            # A model moved to channels-last keeps its conv weights NHWC; hand the folded kernel
+            # over in the same layout so the backend picks the kernel it would for N=1.
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        # _conv_forward applies padding_mode exactly as the k×k conv itself would.
+        return first._conv_forward(x, weight, bias)
+
+    def _folded(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The k×k weight and bias of the one conv equal to the chain, differentiable, in ``dtype``.
+
+        ``dtype`` defaults to the factors' own; autocast does not apply to the product.
+        """
+        first: nn.Conv2d = self[0]
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t if dtype is None else t.to(dtype)
+
+        w = cast(first.weight)
+        flat = w.flatten(1)
+        if first.bias is not None:
+            # The bias rides along as one more input column: the 1×1 maps act on it as on
+            # every output of the k×k conv, so one product folds both.
+            flat = torch.cat([flat, cast(first.bias)[:, None]], dim=1)
+        with _no_autocast(w.device):
+            prod = _chain_product([cast(p.weight).flatten(1) for p in reversed(list(self)[1:])] + [flat])
+        if first.bias is None:
+            return prod.view_as(w), None
+        return prod[:, :-1].reshape(w.shape), prod[:, -1]
+
+    def merged(self) -> nn.Conv2d:
+        """One ``nn.Conv2d`` of the original shape computing the same map (the fold, in float64)."""
+        first: nn.Conv2d = self[0]
+        with torch.no_grad():
+            merged_w, merged_b = self._folded(torch.float64)
         out = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size,
                         stride=first.stride, padding=first.padding, dilation=first.dilation,
                         groups=1, bias=first.bias is not None, padding_mode=first.padding_mode,
                         device=first.weight.device, dtype=first.weight.dtype)
         with torch.no_grad():
             out.weight.copy_(merged_w)
-            if first.bias is not None:
-                out.bias.copy_(mix @ first.bias.detach().double())
+            if merged_b is not None:
+                out.bias.copy_(merged_b)
         return out
+
+
+def _chain_product(mats: list[torch.Tensor]) -> torch.Tensor:
+    # multi_dot picks the cheapest parenthesization: for a wide k×k conv or a narrow
+    # Linear it multiplies the square factors together first, otherwise it works outwards
+    # from the original weight.
+    return torch.linalg.multi_dot(mats) if len(mats) > 1 else mats[0]
+
+
+def _fold_is_cheaper(*, rows: int, square: int, other: int, extra: int) -> bool:
+    """Whether folding ``extra`` square factors (square×square) into a square×other weight beats chaining them.
+
+    Chaining costs ``rows·square²`` multiply-adds per extra factor (and as much again twice
+    in the backward pass, and one stored activation each); folding costs the weight product,
+    ``square²·other`` plus ``square²·min(square, other)`` per further factor, independent of
+    the rows (backward again twice that). Ties fold, since folding also stores no activations.
+    """
+    return (extra - 1) * min(square, other) + other <= rows * extra
+
+
+def _output_rows(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Output positions of ``conv`` on ``x`` summed over the batch (``x`` is (N, C, H, W) or (C, H, W))."""
+    h, w = x.shape[-2:]
+    if h * w == 0:
+        return 0
+    batch = x.numel() // (conv.in_channels * h * w)
+    if conv.padding == "same":
+        return batch * h * w
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, p, d, k, s in zip((h, w), padding, conv.dilation, conv.kernel_size, conv.stride, strict=True)]
+    return batch * max(out[0], 0) * max(out[1], 0)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # The factors are multiplied in their own dtype (float32 in mixed-precision training):
+    # under autocast the product would be taken in bf16, rounding every factor and every
+    # partial product. Only the op that consumes the folded weight (F.linear / the conv)
+    # runs under autocast, which casts the weight once, as it would for an N=1 layer.
+    if not torch.amp.is_autocast_available(device.type):  # e.g. meta tensors
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def _orthogonal_(weight: torch.Tensor) -> None:

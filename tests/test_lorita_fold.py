@@ -1,0 +1,193 @@
+"""Compositions compute their forward by folding the factors or chaining them: same function, same gradients."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+import lorita
+from lorita.layers import ConvComposition, LinearComposition, _output_rows
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _perturbed(module):
+    # Factors away from orthogonal, so the fold multiplies real products.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return module
+
+
+def _value_and_grads(module, x, run):
+    """Output of ``run(module, x)`` and the gradients of every parameter and of ``x`` for a fixed cotangent."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = run(module, x)
+    cotangent = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
+    (y * cotangent).sum().backward()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters()}
+    grads["input"] = x.grad.clone()
+    return y.detach(), grads
+
+
+def _assert_same(module, x, run_a, run_b, tol=1e-6):
+    ya, ga = _value_and_grads(module, x, run_a)
+    yb, gb = _value_and_grads(module, x, run_b)
+    assert _rel(ya, yb) <= tol
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert _rel(ga[name], gb[name]) <= tol, name
+
+
+def _factor_calls(comp, x):
+    """How many of the composition's factors ran as modules during ``comp(x)``."""
+    calls = []
+    hooks = [f.register_forward_hook(lambda *_: calls.append(1)) for f in comp]
+    try:
+        with torch.no_grad():
+            comp(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(calls)
+
+
+def _fold(m, x):
+    return m._fold(x)
+
+
+def _chain(m, x):
+    return m._chain(x)
+
+
+def _forward(m, x):
+    return m(x)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("shape", "folds"), [((3, 24), False), ((2, 50, 24), True)])
+def test_linear_fold_equals_the_chain_in_value_and_every_gradient(n, bias, shape, folds):
+    comp = _perturbed(LinearComposition(nn.Linear(24, 40, bias=bias).double(), n))
+    x = torch.randn(*shape, dtype=torch.float64)
+    # Few rows (3 < 40 outputs) chain, many rows (100) fold: the cheaper end of the matrix chain.
+    assert _factor_calls(comp, x) == (0 if folds else n)
+    _assert_same(comp, x, _fold, _chain)
+    _assert_same(comp, x, _forward, _chain)
+
+
+CONVS = {
+    "padded": dict(kernel_size=3, padding=1),
+    "strided": dict(kernel_size=3, stride=2, padding=1),
+    "dilated_strided_bias_free": dict(kernel_size=3, stride=2, padding=2, dilation=2, bias=False),
+    "rectangular_unpadded": dict(kernel_size=(1, 3), padding=(0, 1), stride=(2, 1)),
+    "same": dict(kernel_size=5, padding="same", bias=False),
+    "reflect": dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    "pointwise": dict(kernel_size=1),
+}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("config", CONVS)
+def test_conv_fold_equals_the_chain_in_value_and_every_gradient(n, config):
+    conv = nn.Conv2d(5, 12, **CONVS[config]).double()
+    comp = _perturbed(ConvComposition(conv, n))
+    x = torch.randn(2, 5, 11, 10, dtype=torch.float64)
+    with torch.no_grad():
+        y = comp._chain(x)
+    assert _output_rows(conv, x) == y.shape[0] * y.shape[2] * y.shape[3]
+    assert _factor_calls(comp, x) == 0  # 2·110-ish positions per 12 channels: folding is cheaper
+    _assert_same(comp, x, _fold, _chain)
+    _assert_same(comp, x, _forward, _chain)
+
+
+def test_conv_on_a_small_map_chains_and_still_matches():
+    # One image, 2×2 output, 64 channels of 3×3 kernels: the chain (4 positions) is far
+    # cheaper than the weight product (64²·576), so the factors run one by one.
+    comp = _perturbed(ConvComposition(nn.Conv2d(64, 64, 3, padding=1).double(), 3))
+    x = torch.randn(1, 64, 2, 2, dtype=torch.float64)
+    assert _factor_calls(comp, x) == 3
+    _assert_same(comp, x, _fold, _chain)
+
+
+def test_merge_gives_exactly_the_folded_weight():
+    lin = _perturbed(LinearComposition(nn.Linear(6, 9).double(), 3))
+    conv = _perturbed(ConvComposition(nn.Conv2d(4, 7, 3).double(), 3))
+    with torch.no_grad():
+        assert torch.equal(lin.merged().weight, lin._folded_weight())
+        w, b = conv._folded()
+        merged = conv.merged()
+        assert torch.equal(merged.weight, w) and torch.equal(merged.bias, b)
+
+
+def test_state_dict_keys_are_those_of_the_factors():
+    model = lorita.overparameterize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)), 3)
+    assert list(model.state_dict()) == ["0.0.weight", "0.0.bias", "0.1.weight", "0.2.weight",
+                                        "2.0.weight", "2.1.weight", "2.2.weight", "2.2.bias"]
+
+
+def _force(monkeypatch, path):
+    monkeypatch.setattr(LinearComposition, "forward", getattr(LinearComposition, path))
+    monkeypatch.setattr(ConvComposition, "forward", getattr(ConvComposition, path))
+
+
+def test_vit_block_with_folded_compositions_matches_the_chain(monkeypatch):
+    block = Block(dim=32, num_heads=4, mlp_ratio=2.0).double().eval()
+    over = _perturbed(lorita.overparameterize(block, 3))
+    comps = [m for m in over.modules() if isinstance(m, LinearComposition)]
+    assert len(comps) == 4  # qkv, proj, fc1, fc2
+    x = torch.randn(4, 33, 32, dtype=torch.float64)
+    # 132 tokens in all, more than any projection is wide: every one of them folds on its own.
+    assert all(_factor_calls(c, torch.randn(4, 33, c.in_features, dtype=torch.float64)) == 0 for c in comps)
+
+    def under(path):
+        def run(m, inp):
+            with monkeypatch.context() as mp:
+                _force(mp, path)
+                return m(inp)
+        return run
+
+    _assert_same(over, x, under("_fold"), under("_chain"))
+    _assert_same(over, x, _forward, under("_chain"))
+
+
+def test_fold_is_taken_in_float32_under_bf16_autocast():
+    lin = _perturbed(LinearComposition(nn.Linear(64, 48), 3))
+    conv = _perturbed(ConvComposition(nn.Conv2d(16, 32, 3, padding=1), 3))
+    x_lin, x_conv = torch.randn(256, 64), torch.randn(4, 16, 8, 8)
+    with torch.no_grad():
+        w32 = lin._folded_weight()
+        cw32, cb32 = conv._folded()
+        # What the fold would be if autocast applied to it: a bf16 product.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            w_bf16_product = torch.linalg.multi_dot([f.weight for f in reversed(list(lin))])
+        assert w_bf16_product.dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            w, (cw, cb) = lin._folded_weight(), conv._folded()
+            y_lin, y_conv = lin(x_lin), conv(x_conv)
+            # The reference: the float32 product, handed to the op that autocast then casts.
+            ref_lin = F.linear(x_lin, w32, lin[-1].bias)
+            ref_conv = F.conv2d(x_conv, cw32, cb32, padding=1)
+            bad_lin = F.linear(x_lin, w_bf16_product, lin[-1].bias)
+    assert (w.dtype, cw.dtype, cb.dtype) == (torch.float32,) * 3
+    assert torch.equal(w, w32) and torch.equal(cw, cw32) and torch.equal(cb, cb32)
+    assert _factor_calls(lin, x_lin) == 0 and _factor_calls(conv, x_conv) == 0
+    assert y_lin.dtype == torch.bfloat16 and torch.equal(y_lin, ref_lin)
+    assert y_conv.dtype == torch.bfloat16 and torch.equal(y_conv, ref_conv)
+    assert not torch.equal(bad_lin, ref_lin)  # the check above can tell the two products apart
+
+
+def test_channels_last_model_folds_to_the_same_output():
+    conv = _perturbed(ConvComposition(nn.Conv2d(8, 16, 3, padding=1).double(), 2))
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = conv._chain(x)
+        nhwc = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+        y = nhwc(x.contiguous(memory_format=torch.channels_last))
+    assert _rel(y, ref) <= 1e-12
