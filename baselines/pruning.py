@@ -119,12 +119,28 @@ def _gradients(model: nn.Module, importance: tp.importance.Importance, kind: str
     model.zero_grad(set_to_none=True)
     if kind == "taylor":
         F.cross_entropy(model(x), y).backward()
-    else:  # OBD: the diagonal Hessian from accumulated per-sample squared gradients
-        importance.zero_grad()
-        for i in range(min(HESSIAN_SAMPLES, len(x))):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
-            importance.accumulate_grad(model)
+    else:
+        importance.zero_grad()  # with nothing accumulated, the Hessian criterion reads each .grad
+        _mean_squared_gradients(model, x[:HESSIAN_SAMPLES], y[:HESSIAN_SAMPLES])
+
+
+def _mean_squared_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Leave in every parameter's ``.grad`` the mean over samples of its squared per-sample gradient.
+
+    The OBD diagonal Hessian (empirical Fisher) that ``GroupHessianImportance`` scores with.
+    Its own ``accumulate_grad`` cannot be used: torch-pruning 1.6 checks for a parameter's
+    *name* in dicts keyed by the parameter, so every sample overwrites the last and the
+    estimate rests on one sample.
+    """
+    squares: dict[nn.Parameter, torch.Tensor] = {}
+    for i in range(len(x)):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                squares[p] = squares[p] + p.grad.pow(2) if p in squares else p.grad.pow(2)
+    for p in model.parameters():
+        p.grad = squares[p] / len(x) if p in squares else None
 
 
 class TieBroken(tp.importance.Importance):
@@ -141,7 +157,7 @@ class TieBroken(tp.importance.Importance):
         self.magnitude = tp.importance.GroupMagnitudeImportance(p=2)
 
     def __getattr__(self, name: str):
-        # zero_grad / accumulate_grad of the Hessian criterion, and anything else it offers
+        # zero_grad of the Hessian criterion, and anything else it offers
         return getattr(self.base, name)
 
     @torch.no_grad()

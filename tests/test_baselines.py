@@ -159,3 +159,28 @@ def test_every_method_uses_the_same_optimizer_steps_through_the_cli(tmp_path):
     assert set(ok) == set(records) - {"bn-slimming"}, {m: r.reason for m, r in records.items()}
     assert {r.train_steps for r in ok.values()} == {3 * 17}
     assert {(r.pretrain_steps, r.finetune_steps) for r in ok.values()} == {(2 * 17, 17)}
+
+
+def test_hessian_importance_averages_every_per_sample_squared_gradient():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    # Independent OBD diagonal: the mean over samples of each weight's squared gradient.
+    h = [torch.zeros_like(model[0].weight), torch.zeros_like(model[2].weight)]
+    for i in range(len(x)):
+        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        for acc, g in zip(h, torch.autograd.grad(loss, [model[0].weight, model[2].weight]), strict=True):
+            acc += g.pow(2) / len(x)
+    # Saliency of hidden unit c: its row of layer 1 plus its column of layer 2 (the group's two members).
+    with torch.no_grad():
+        expected = (model[0].weight ** 2 * h[0]).sum(1) + (model[2].weight ** 2 * h[1]).sum(0)
+
+    importance = pruning.BASELINES["hessian"].importance()
+    pruning._gradients(model, importance, "hessian", x, y)
+    group = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1]).get_pruning_group(
+        model[0], tp.prune_linear_out_channels, idxs=list(range(5)))
+    got = importance(group)
+    # The criterion's group mean and mean normalizer scale every unit alike.
+    assert torch.allclose(got / got.sum(), expected / expected.sum(), rtol=1e-4, atol=1e-7)
