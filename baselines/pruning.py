@@ -99,8 +99,11 @@ def _pruner_kwargs(model: nn.Module, ratio: float) -> dict:
     # width; naming them tells torch-pruning (and its warning) that this is intended.
     unwrapped = [(p, p.dim() - 1) for n in ("cls_token", "reg_token", "dist_token", "pos_embed")
                  if isinstance(p := getattr(model, n, None), nn.Parameter)]
+    # torch-pruning turns the ratio into a head count with int() (global) or ceil() (local), and
+    # k/H in floating point can land an ulp past k heads (k=4, H=5): ask for a hair less.
     return {"num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
-            "prune_head_dims": False, "head_pruning_ratio": ratio, "unwrapped_parameters": unwrapped}
+            "prune_head_dims": False, "head_pruning_ratio": max(0.0, ratio - 1e-6),
+            "unwrapped_parameters": unwrapped}
 
 
 def _fix_attention(model: nn.Module, pruner: tp.pruner.BasePruner) -> None:
@@ -172,6 +175,34 @@ class TieBroken(tp.importance.Importance):
         return imp + 1e-6 * span * mag / (float(mag.max()) + 1e-12)
 
 
+class KeepOneHead(tp.importance.Importance):
+    """A criterion under which each attention block's most important head is never pruned.
+
+    With global pruning, torch-pruning ranks heads across all blocks against one threshold
+    and has no per-block floor (``max_pruning_ratio`` is only checked between iterative
+    steps), so at a head ratio of 2/3 a block can lose all of its heads. Scoring each
+    block's best head (as torch-pruning scores heads: the mean over its channels) as
+    infinitely important keeps it out of that ranking; every other head is ranked as before.
+    ``num_heads`` maps each ``qkv`` Linear to its head count.
+    """
+
+    def __init__(self, base: tp.importance.Importance, num_heads: dict[nn.Module, int]) -> None:
+        self.base = base
+        self.num_heads = dict(num_heads)  # the pruner updates its own dict as heads go
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        imp = self.base(group, **kwargs)
+        heads = next((self.num_heads[dep.target.module] for dep, _ in group
+                      if dep.target.module in self.num_heads
+                      and dep.handler == tp.pruner.function.prune_linear_out_channels), None)
+        if imp is None or heads is None:
+            return imp
+        per_head = imp.clone().view(heads, -1)  # the layout torch-pruning averages heads over
+        per_head[per_head.mean(1).argmax()] = math.inf
+        return per_head.view(-1)
+
+
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
            ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
            head_ratio: float = 0.0) -> nn.Module:
@@ -181,9 +212,12 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
         if calib is None:
             raise ValueError(f"{baseline.gradients} importance needs a labelled calibration batch")
         _gradients(pruned, importance, baseline.gradients, *calib)
+    kwargs = _pruner_kwargs(pruned, head_ratio)
+    if head_ratio > 0:
+        importance = KeepOneHead(importance, kwargs["num_heads"])
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
-        ignored_layers=[pruned.get_submodule(n) for n in ignored], **_pruner_kwargs(pruned, head_ratio))
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], **kwargs)
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)

@@ -184,3 +184,30 @@ def test_hessian_importance_averages_every_per_sample_squared_gradient():
     got = importance(group)
     # The criterion's group mean and mean normalizer scale every unit alike.
     assert torch.allclose(got / got.sum(), expected / expected.sum(), rtol=1e-4, atol=1e-7)
+
+
+def _vit_pruned_with_heads(name, *, heads, depth, drop):
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    model = build("vit", 10, (1, 8, 8), {"embed_dim": 8 * heads, "depth": depth, "num_heads": heads}).eval()
+    x = torch.randn(16, 1, 8, 8)
+    calib = Calib(example=x[:1], batch_x=x, batch_y=torch.arange(16) % 10, num_classes=10,
+                  head=head_of(model, 10))
+    out = METHODS.get(name).compress(model, Target(kind="params", drop=drop), calib)
+    assert abs(out.achieved_drop - drop) <= 0.01
+    with torch.no_grad():
+        assert out.model(x).shape == (16, 10)
+    return [a.num_heads for a in out.model.modules() if isinstance(a, Attention)]
+
+
+@pytest.mark.parametrize("name", ["group-l2", "depgraph-sl", "taylor"])
+def test_global_head_ranking_keeps_a_head_in_every_block(name):
+    # The cifar10-vit shape that emptied blocks: 3 heads per block, a drop that removes 2 of 3.
+    # floor(0.7 · 3) = 2 of every 3 heads go, ranked across the 8 blocks: one left in each.
+    assert _vit_pruned_with_heads(name, heads=3, depth=8, drop=0.7) == [1] * 8
+
+
+def test_head_count_survives_floating_point_ratios():
+    # 4/5 in floating point asks torch-pruning for one head more than 4 of every 5.
+    assert _vit_pruned_with_heads("group-l2", heads=5, depth=4, drop=0.82) == [1] * 4
