@@ -20,7 +20,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from lorita.counting import count_macs_params
+from lorita.counting import count_macs_params, timm_attention
 
 __all__ = ["BASELINES", "Baseline", "has_batchnorm", "l1_filter_importance", "magnitude_unstructured",
            "prune_to_target", "sparsity_regularizer"]
@@ -69,11 +69,8 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    try:
-        from timm.layers import Attention
-    except ImportError:
-        return []
-    return [m for m in model.modules() if isinstance(m, Attention)]
+    attention = timm_attention(model)  # ImportError for a timm too old to prune heads in
+    return [] if attention is None else [m for m in model.modules() if isinstance(m, attention)]
 
 
 def head_ratio_for(model: nn.Module, drop: float) -> float:

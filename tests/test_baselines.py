@@ -1,5 +1,7 @@
 """Pruning baselines on every model family: they run, hit the measured target, keep the head."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -211,3 +213,33 @@ def test_global_head_ranking_keeps_a_head_in_every_block(name):
 def test_head_count_survives_floating_point_ratios():
     # 4/5 in floating point asks torch-pruning for one head more than 4 of every 5.
     assert _vit_pruned_with_heads("group-l2", heads=5, depth=4, drop=0.82) == [1] * 4
+
+
+@pytest.mark.parametrize("old", ["version", "attention"])
+def test_a_timm_too_old_for_vit_heads_fails_with_one_clear_line(monkeypatch, old):
+    import timm
+    import timm.layers
+
+    model, calib = _setup("vit")
+    if old == "version":  # an older timm whose Attention reshapes to the input width
+        monkeypatch.setattr(timm, "__version__", "1.0.22")
+        installed = "1.0.22"
+    else:  # before 1.0.16 ViTs use a private class and timm.layers has no Attention
+        monkeypatch.delattr(timm.layers, "Attention")
+        installed = timm.__version__
+    message = rf"^timm {re.escape(installed)} is installed, but .* needs timm>=1\.0\.23 [^\n]*$"
+    with pytest.raises(ImportError, match=message):
+        count_macs_params(model, calib.example)
+    with pytest.raises(ImportError, match=message):
+        METHODS.get("group-l2").compress(model, Target(kind="params", drop=0.5), calib)
+    fcn, fcn_calib = _setup("fcn")  # a model without timm modules never looks at timm
+    count_macs_params(fcn, fcn_calib.example)
+
+
+def test_pyproject_timm_floor_is_the_one_the_code_checks():
+    from pathlib import Path
+
+    from lorita.counting import TIMM_FLOOR
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"timm>=([^"]+)"', pyproject) == [TIMM_FLOOR]
