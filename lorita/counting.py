@@ -41,7 +41,7 @@ def timm_attention(model: nn.Module) -> type[nn.Module] | None:
 
     attention = getattr(timm.layers, "Attention", None)
     if attention is None or _release(timm.__version__) < _release(TIMM_FLOOR):
-        raise ImportError(f"timm {timm.__version__} is installed, but counting and pruning timm ViTs needs "
+        raise ImportError(f"timm {timm.__version__} is installed, but counting or pruning a timm model needs "
                           f"timm>={TIMM_FLOOR} (timm.layers.Attention with attn_dim): "
                           f"pip install 'timm>={TIMM_FLOOR}'")
     return attention
