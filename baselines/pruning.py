@@ -89,16 +89,19 @@ def head_ratio_for(model: nn.Module, drop: float) -> float:
 
 def _pruner_kwargs(model: nn.Module, ratio: float) -> dict:
     """Extra pruner arguments so timm attention loses whole heads (``ratio`` of them) in q, k and v."""
+    # BasePruner's defaults for these are dicts it writes into (qkv and grouped layers), shared by
+    # every pruner ever built: each bisection step would leave its copy's layers there for good.
+    fresh = {"in_channel_groups": {}, "out_channel_groups": {}}
     attns = _attention_modules(model)
     if not attns:
-        return {}
+        return fresh
     # timm's token/position embeddings are bare Parameters whose last dim is the embedding
     # width; naming them tells torch-pruning (and its warning) that this is intended.
     unwrapped = [(p, p.dim() - 1) for n in ("cls_token", "reg_token", "dist_token", "pos_embed")
                  if isinstance(p := getattr(model, n, None), nn.Parameter)]
     # torch-pruning turns the ratio into a head count with int() (global) or ceil() (local), and
     # k/H in floating point can land an ulp past k heads (k=4, H=5): ask for a hair less.
-    return {"num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
+    return {**fresh, "num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
             "prune_head_dims": False, "head_pruning_ratio": max(0.0, ratio - 1e-6),
             "unwrapped_parameters": unwrapped}
 

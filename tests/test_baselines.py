@@ -243,3 +243,16 @@ def test_pyproject_timm_floor_is_the_one_the_code_checks():
 
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert re.findall(r'"timm>=([^"]+)"', pyproject) == [TIMM_FLOOR]
+
+
+def test_pruning_leaves_no_layers_in_torch_prunings_shared_defaults():
+    import inspect
+
+    import torch_pruning as tp
+
+    model, calib = _setup("vit")
+    METHODS.get("group-l2").compress(model, Target(kind="params", drop=0.5), calib)
+    METHODS.get("depgraph-sl").regularizer(model, calib)
+    for pruner in (tp.pruner.BasePruner, tp.pruner.GroupNormPruner):
+        defaults = inspect.signature(pruner.__init__).parameters
+        assert defaults["out_channel_groups"].default == {} and defaults["in_channel_groups"].default == {}
