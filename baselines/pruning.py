@@ -20,7 +20,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from lorita.counting import count_macs_params
+from lorita.counting import count_macs_params, timm_attention
 
 __all__ = ["BASELINES", "Baseline", "has_batchnorm", "l1_filter_importance", "magnitude_unstructured",
            "prune_to_target", "sparsity_regularizer"]
@@ -69,11 +69,8 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    try:
-        from timm.layers import Attention
-    except ImportError:
-        return []
-    return [m for m in model.modules() if isinstance(m, Attention)]
+    attention = timm_attention(model)  # ImportError for a timm too old to prune heads in
+    return [] if attention is None else [m for m in model.modules() if isinstance(m, attention)]
 
 
 def head_ratio_for(model: nn.Module, drop: float) -> float:
@@ -92,15 +89,21 @@ def head_ratio_for(model: nn.Module, drop: float) -> float:
 
 def _pruner_kwargs(model: nn.Module, ratio: float) -> dict:
     """Extra pruner arguments so timm attention loses whole heads (``ratio`` of them) in q, k and v."""
+    # BasePruner's defaults for these are dicts it writes into (qkv and grouped layers), shared by
+    # every pruner ever built: each bisection step would leave its copy's layers there for good.
+    fresh = {"in_channel_groups": {}, "out_channel_groups": {}}
     attns = _attention_modules(model)
     if not attns:
-        return {}
+        return fresh
     # timm's token/position embeddings are bare Parameters whose last dim is the embedding
     # width; naming them tells torch-pruning (and its warning) that this is intended.
     unwrapped = [(p, p.dim() - 1) for n in ("cls_token", "reg_token", "dist_token", "pos_embed")
                  if isinstance(p := getattr(model, n, None), nn.Parameter)]
-    return {"num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
-            "prune_head_dims": False, "head_pruning_ratio": ratio, "unwrapped_parameters": unwrapped}
+    # torch-pruning turns the ratio into a head count with int() (global) or ceil() (local), and
+    # k/H in floating point can land an ulp past k heads (k=4, H=5): ask for a hair less.
+    return {**fresh, "num_heads": {m.qkv: m.num_heads for m in attns}, "prune_num_heads": True,
+            "prune_head_dims": False, "head_pruning_ratio": max(0.0, ratio - 1e-6),
+            "unwrapped_parameters": unwrapped}
 
 
 def _fix_attention(model: nn.Module, pruner: tp.pruner.BasePruner) -> None:
@@ -119,12 +122,28 @@ def _gradients(model: nn.Module, importance: tp.importance.Importance, kind: str
     model.zero_grad(set_to_none=True)
     if kind == "taylor":
         F.cross_entropy(model(x), y).backward()
-    else:  # OBD: the diagonal Hessian from accumulated per-sample squared gradients
-        importance.zero_grad()
-        for i in range(min(HESSIAN_SAMPLES, len(x))):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
-            importance.accumulate_grad(model)
+    else:
+        importance.zero_grad()  # with nothing accumulated, the Hessian criterion reads each .grad
+        _mean_squared_gradients(model, x[:HESSIAN_SAMPLES], y[:HESSIAN_SAMPLES])
+
+
+def _mean_squared_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Leave in every parameter's ``.grad`` the mean over samples of its squared per-sample gradient.
+
+    The OBD diagonal Hessian (empirical Fisher) that ``GroupHessianImportance`` scores with.
+    Its own ``accumulate_grad`` cannot be used: torch-pruning 1.6 checks for a parameter's
+    *name* in dicts keyed by the parameter, so every sample overwrites the last and the
+    estimate rests on one sample.
+    """
+    squares: dict[nn.Parameter, torch.Tensor] = {}
+    for i in range(len(x)):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                squares[p] = squares[p] + p.grad.pow(2) if p in squares else p.grad.pow(2)
+    for p in model.parameters():
+        p.grad = squares[p] / len(x) if p in squares else None
 
 
 class TieBroken(tp.importance.Importance):
@@ -141,7 +160,7 @@ class TieBroken(tp.importance.Importance):
         self.magnitude = tp.importance.GroupMagnitudeImportance(p=2)
 
     def __getattr__(self, name: str):
-        # zero_grad / accumulate_grad of the Hessian criterion, and anything else it offers
+        # zero_grad of the Hessian criterion, and anything else it offers
         return getattr(self.base, name)
 
     @torch.no_grad()
@@ -156,6 +175,34 @@ class TieBroken(tp.importance.Importance):
         return imp + 1e-6 * span * mag / (float(mag.max()) + 1e-12)
 
 
+class KeepOneHead(tp.importance.Importance):
+    """A criterion under which each attention block's most important head is never pruned.
+
+    With global pruning, torch-pruning ranks heads across all blocks against one threshold
+    and has no per-block floor (``max_pruning_ratio`` is only checked between iterative
+    steps), so at a head ratio of 2/3 a block can lose all of its heads. Scoring each
+    block's best head (as torch-pruning scores heads: the mean over its channels) as
+    infinitely important keeps it out of that ranking; every other head is ranked as before.
+    ``num_heads`` maps each ``qkv`` Linear to its head count.
+    """
+
+    def __init__(self, base: tp.importance.Importance, num_heads: dict[nn.Module, int]) -> None:
+        self.base = base
+        self.num_heads = dict(num_heads)  # the pruner updates its own dict as heads go
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        imp = self.base(group, **kwargs)
+        heads = next((self.num_heads[dep.target.module] for dep, _ in group
+                      if dep.target.module in self.num_heads
+                      and dep.handler == tp.pruner.function.prune_linear_out_channels), None)
+        if imp is None or heads is None:
+            return imp
+        per_head = imp.clone().view(heads, -1)  # the layout torch-pruning averages heads over
+        per_head[per_head.mean(1).argmax()] = math.inf
+        return per_head.view(-1)
+
+
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
            ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
            head_ratio: float = 0.0) -> nn.Module:
@@ -165,9 +212,12 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
         if calib is None:
             raise ValueError(f"{baseline.gradients} importance needs a labelled calibration batch")
         _gradients(pruned, importance, baseline.gradients, *calib)
+    kwargs = _pruner_kwargs(pruned, head_ratio)
+    if head_ratio > 0:
+        importance = KeepOneHead(importance, kwargs["num_heads"])
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
-        ignored_layers=[pruned.get_submodule(n) for n in ignored], **_pruner_kwargs(pruned, head_ratio))
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], **kwargs)
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)

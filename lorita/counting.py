@@ -10,10 +10,41 @@ timm model both give the same total.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-__all__ = ["count_macs_params"]
+__all__ = ["TIMM_FLOOR", "count_macs_params", "timm_attention"]
+
+# The first timm whose ViTs use timm.layers.Attention (1.0.16) *and* whose Attention reads
+# attn_dim in forward (1.0.23); pyproject.toml's floor says the same.
+TIMM_FLOOR = "1.0.23"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def timm_attention(model: nn.Module) -> type[nn.Module] | None:
+    """timm's ``Attention`` class if ``model`` is built from timm modules, else ``None``.
+
+    Raises ``ImportError`` naming the installed and the needed timm when timm is older than
+    ``TIMM_FLOOR``: there, ViTs use a private attention class that torch-pruning counts as
+    dense and prunes without regard to heads, or an ``Attention`` that reshapes its output to
+    the input width, so a factorized or head-pruned ViT would be counted wrong or break far
+    from the cause. Models without timm modules never look at timm.
+    """
+    if not any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        return None
+    import timm.layers
+
+    attention = getattr(timm.layers, "Attention", None)
+    if attention is None or _release(timm.__version__) < _release(TIMM_FLOOR):
+        raise ImportError(f"timm {timm.__version__} is installed, but counting or pruning a timm model needs "
+                          f"timm>={TIMM_FLOOR} (timm.layers.Attention with attn_dim): "
+                          f"pip install 'timm>={TIMM_FLOOR}'")
+    return attention
 
 
 def _linear_macs(module: nn.Module | None, tokens: int) -> int:
@@ -44,10 +75,7 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
     import torch_pruning as tp
     from torch_pruning.utils import op_counter
 
-    try:
-        from timm.layers import Attention as TimmAttention
-    except ImportError:  # timm is optional for the lorita library itself
-        TimmAttention = None
+    TimmAttention = timm_attention(model)  # timm is optional for the lorita library itself
     if TimmAttention is not None:
         # count_ops_and_params clears this mapping when it returns.
         op_counter.CUSTOM_MODULES_MAPPING[TimmAttention] = _timm_attention_hook

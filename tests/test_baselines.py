@@ -1,5 +1,7 @@
 """Pruning baselines on every model family: they run, hit the measured target, keep the head."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -159,3 +161,98 @@ def test_every_method_uses_the_same_optimizer_steps_through_the_cli(tmp_path):
     assert set(ok) == set(records) - {"bn-slimming"}, {m: r.reason for m, r in records.items()}
     assert {r.train_steps for r in ok.values()} == {3 * 17}
     assert {(r.pretrain_steps, r.finetune_steps) for r in ok.values()} == {(2 * 17, 17)}
+
+
+def test_hessian_importance_averages_every_per_sample_squared_gradient():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    # Independent OBD diagonal: the mean over samples of each weight's squared gradient.
+    h = [torch.zeros_like(model[0].weight), torch.zeros_like(model[2].weight)]
+    for i in range(len(x)):
+        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        for acc, g in zip(h, torch.autograd.grad(loss, [model[0].weight, model[2].weight]), strict=True):
+            acc += g.pow(2) / len(x)
+    # Saliency of hidden unit c: its row of layer 1 plus its column of layer 2 (the group's two members).
+    with torch.no_grad():
+        expected = (model[0].weight ** 2 * h[0]).sum(1) + (model[2].weight ** 2 * h[1]).sum(0)
+
+    importance = pruning.BASELINES["hessian"].importance()
+    pruning._gradients(model, importance, "hessian", x, y)
+    group = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1]).get_pruning_group(
+        model[0], tp.prune_linear_out_channels, idxs=list(range(5)))
+    got = importance(group)
+    # The criterion's group mean and mean normalizer scale every unit alike.
+    assert torch.allclose(got / got.sum(), expected / expected.sum(), rtol=1e-4, atol=1e-7)
+
+
+def _vit_pruned_with_heads(name, *, heads, depth, drop):
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    model = build("vit", 10, (1, 8, 8), {"embed_dim": 8 * heads, "depth": depth, "num_heads": heads}).eval()
+    x = torch.randn(16, 1, 8, 8)
+    calib = Calib(example=x[:1], batch_x=x, batch_y=torch.arange(16) % 10, num_classes=10,
+                  head=head_of(model, 10))
+    out = METHODS.get(name).compress(model, Target(kind="params", drop=drop), calib)
+    assert abs(out.achieved_drop - drop) <= 0.01
+    with torch.no_grad():
+        assert out.model(x).shape == (16, 10)
+    return [a.num_heads for a in out.model.modules() if isinstance(a, Attention)]
+
+
+@pytest.mark.parametrize("name", ["group-l2", "depgraph-sl", "taylor"])
+def test_global_head_ranking_keeps_a_head_in_every_block(name):
+    # The cifar10-vit shape that emptied blocks: 3 heads per block, a drop that removes 2 of 3.
+    # floor(0.7 · 3) = 2 of every 3 heads go, ranked across the 8 blocks: one left in each.
+    assert _vit_pruned_with_heads(name, heads=3, depth=8, drop=0.7) == [1] * 8
+
+
+def test_head_count_survives_floating_point_ratios():
+    # 4/5 in floating point asks torch-pruning for one head more than 4 of every 5.
+    assert _vit_pruned_with_heads("group-l2", heads=5, depth=4, drop=0.82) == [1] * 4
+
+
+@pytest.mark.parametrize("old", ["version", "attention"])
+def test_a_timm_too_old_for_vit_heads_fails_with_one_clear_line(monkeypatch, old):
+    import timm
+    import timm.layers
+
+    model, calib = _setup("vit")
+    if old == "version":  # an older timm whose Attention reshapes to the input width
+        monkeypatch.setattr(timm, "__version__", "1.0.22")
+        installed = "1.0.22"
+    else:  # before 1.0.16 ViTs use a private class and timm.layers has no Attention
+        monkeypatch.delattr(timm.layers, "Attention")
+        installed = timm.__version__
+    message = rf"^timm {re.escape(installed)} is installed, but .* needs timm>=1\.0\.23 [^\n]*$"
+    with pytest.raises(ImportError, match=message):
+        count_macs_params(model, calib.example)
+    with pytest.raises(ImportError, match=message):
+        METHODS.get("group-l2").compress(model, Target(kind="params", drop=0.5), calib)
+    fcn, fcn_calib = _setup("fcn")  # a model without timm modules never looks at timm
+    count_macs_params(fcn, fcn_calib.example)
+
+
+def test_pyproject_timm_floor_is_the_one_the_code_checks():
+    from pathlib import Path
+
+    from lorita.counting import TIMM_FLOOR
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"timm>=([^"]+)"', pyproject) == [TIMM_FLOOR]
+
+
+def test_pruning_leaves_no_layers_in_torch_prunings_shared_defaults():
+    import inspect
+
+    import torch_pruning as tp
+
+    model, calib = _setup("vit")
+    METHODS.get("group-l2").compress(model, Target(kind="params", drop=0.5), calib)
+    METHODS.get("depgraph-sl").regularizer(model, calib)
+    for pruner in (tp.pruner.BasePruner, tp.pruner.GroupNormPruner):
+        defaults = inspect.signature(pruner.__init__).parameters
+        assert defaults["out_channel_groups"].default == {} and defaults["in_channel_groups"].default == {}
