@@ -45,12 +45,24 @@ def spectra(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LayerPlan:
-    """The rank one layer keeps and whether it is deployed as two factors."""
+    """The rank one layer is deployed at and whether it is deployed as two factors.
+
+    A layer that is not factored keeps its full rank (``rank == full_rank``): kept dense,
+    it would cost the same at any rank. Raises ``ValueError`` for a rank outside
+    [1, full_rank] or a truncated layer that is not factored.
+    """
 
     name: str
     full_rank: int
     rank: int
     factored: bool
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rank <= self.full_rank:
+            raise ValueError(f"layer {self.name!r}: rank must be in [1, {self.full_rank}], got {self.rank}")
+        if not self.factored and self.rank != self.full_rank:
+            raise ValueError(f"layer {self.name!r}: a layer kept dense keeps its full rank {self.full_rank}, "
+                             f"got rank {self.rank}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +103,9 @@ def _positions(model: nn.Module, layers: Mapping[str, nn.Module],
 def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
     """Choose the rank of every compressible layer of ``model`` with ``policy``.
 
-    ``model`` may still hold compositions (their merged product is what is ranked).
+    A layer is factored where the policy's rank saves parameters (r·(in+out) < in·out, with
+    in = in_channels·kh·kw for a conv); every other layer keeps its full rank, and the plan
+    says so. ``model`` may still hold compositions (their merged product is what is ranked).
     ``example_inputs`` (a batch, or a tuple of forward arguments) lets policies count
     MACs: positions per layer come from forward hooks, the dense total from
     torch-pruning's counter. Raises ``ValueError`` when the policy needs inputs it lacks,
@@ -110,7 +124,7 @@ def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
     totals = Totals(params=sum(p.numel() for p in merged.parameters()),
                     macs=count_macs_params(merged, example_inputs)[0] if example_inputs is not None else None)
     ranks = policy.ranks(infos, totals)
-    return Plan(layers=tuple(LayerPlan(name=li.name, full_rank=li.full_rank, rank=ranks[li.name],
+    return Plan(layers=tuple(LayerPlan(name=li.name, full_rank=li.full_rank, rank=li.deployed_rank(ranks[li.name]),
                                        factored=li.factored(ranks[li.name])) for li in infos), policy=policy)
 
 
@@ -126,14 +140,11 @@ def _deploy(layer: nn.Module, lp: LayerPlan) -> nn.Module:
         layer = layer.merged()
     if isinstance(layer, LowRankLinear | LowRankConv2d):
         raise ValueError(f"layer {lp.name!r} is already factorized; compress the dense model")
+    if not lp.factored:
+        return layer  # full rank: a layer kept dense saves nothing by truncation
     w, bias = layer.weight, layer.bias
     dd = {"device": w.device, "dtype": w.dtype}
     first_w, second_w = _factor(w.detach(), lp.rank)
-    if not lp.factored:
-        out = copy.deepcopy(layer)
-        with torch.no_grad():
-            out.weight.copy_((second_w @ first_w).view_as(w))
-        return out
     if isinstance(layer, nn.Linear):
         first = nn.Linear(layer.in_features, lp.rank, bias=False, **dd)
         second = nn.Linear(lp.rank, layer.out_features, bias=bias is not None, **dd)
@@ -158,9 +169,9 @@ def factorize(model: nn.Module, plan: Plan) -> nn.Module:
     """A new model in which every layer of ``plan`` keeps its planned rank.
 
     Factored layers become ``LowRankLinear``/``LowRankConv2d`` (two thin factors, the
-    singular values split evenly between them); the others stay one dense layer holding
-    the rank-r weight. ``model`` is not modified. Raises ``KeyError`` for a plan made
-    for another model.
+    singular values split evenly between them); the others keep their weight unchanged
+    (merged, for a composition). ``model`` is not modified. Raises ``KeyError`` for a
+    plan made for another model.
     """
     deployed = copy.deepcopy(model)
     layers = compressible_layers(deployed)

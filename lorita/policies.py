@@ -39,8 +39,20 @@ class LayerInfo:
         """Deploy as two thin factors only where that saves parameters."""
         return rank * (self.fan_in + self.fan_out) < self.fan_in * self.fan_out
 
+    def deployed_rank(self, rank: int) -> int:
+        """The rank the layer is deployed at when a policy picks ``rank``: ``rank`` if factored, else full.
+
+        A layer kept dense costs the same at every rank, so truncating it would lose
+        accuracy and save nothing.
+        """
+        return rank if self.factored(rank) else self.full_rank
+
     def weight_params(self, rank: int) -> int:
-        """Weight parameters of the deployed layer at ``rank`` (bias excluded: it never changes)."""
+        """Weight parameters of the deployed layer at ``rank`` (bias excluded: it never changes).
+
+        Non-decreasing in ``rank``: ``rank·(fan_in + fan_out)`` below the break-even, then the
+        dense layer's ``fan_in·fan_out`` (it is deployed at full rank there).
+        """
         if self.factored(rank):
             return rank * (self.fan_in + self.fan_out)
         return self.fan_in * self.fan_out
@@ -134,7 +146,9 @@ def _search_threshold(layers: Sequence[LayerInfo], target: float,
     """Bisection over the global threshold for the ranks whose drop is closest to ``target``.
 
     The drop is a non-decreasing step function of tau whose steps sit at the layers'
-    normalized singular values, so the search runs over those values exactly.
+    normalized singular values, so the search runs over those values exactly. ``drop_of``
+    counts every layer as ``factorize`` deploys it (``LayerInfo.weight_params``): at or above
+    its break-even rank a layer is kept dense at full rank and saves nothing.
     """
     cands = sorted({float(v) for li in layers
                     for v in (li.sigma.double() / li.sigma.double()[0]).tolist()

@@ -1,6 +1,7 @@
 """The method on real computations: merge and compress exactness, policies, counting."""
 
 import copy
+import math
 
 import pytest
 import timm
@@ -202,8 +203,11 @@ def test_policies_validate_their_arguments():
 
 
 def test_energy_and_global_threshold_pick_the_documented_ranks():
-    w = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5]))
-    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    # A wide 4×64 layer, so that every rank below 4 is worth factoring and the plan shows
+    # the policy's choice (a layer kept dense would keep all 4).
+    w = torch.zeros(4, 64)
+    w[:, :4] = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5]))
+    model = nn.Sequential(nn.Linear(64, 4, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(w)
     # energies: 16, 4, 1, 0.25 of 21.25 -> cumulative 0.753, 0.941, 0.988, 1
@@ -224,3 +228,102 @@ def test_counter_matches_torch_pruning_on_dense_vit_and_counts_factorized_attent
     deployed = lorita.compress(model, lorita.RankRatio(ratio=0.2))
     assert isinstance(deployed.blocks[0].attn.qkv, lorita.LowRankLinear)
     assert count_macs_params(deployed, x)[0] < 0.6 * count_macs_params(model, x)[0]
+
+
+def test_a_layer_not_worth_factoring_keeps_its_full_rank_and_weight():
+    # At 3/4 of full rank: conv 3→16 (in 27) rank 12 costs 12·43 ≥ 27·16, Linear(64, 64) rank 48
+    # costs 48·128 ≥ 64²: both stay dense, so they keep every singular value. Linear(576, 64) at
+    # 48 and Linear(64, 8) at 6 save parameters and are factored.
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Flatten(), nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 64),
+                          nn.ReLU(), nn.Linear(64, 8)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for over in (model, _perturb_and_return(lorita.overparameterize(copy.deepcopy(model), 2))):
+        plan = lorita.truncate(over, lorita.RankRatio(ratio=0.75))
+        assert plan.ranks == {"0": 16, "2": 48, "4": 64, "6": 6}
+        assert [lp.factored for lp in plan.layers] == [False, True, False, True]
+        deployed = lorita.factorize(over, plan)
+        dense = lorita.merge(copy.deepcopy(over))
+        for name in ("0", "4"):
+            assert type(deployed.get_submodule(name)) is type(model.get_submodule(name))
+            assert torch.equal(deployed.get_submodule(name).weight, dense.get_submodule(name).weight)
+            assert torch.equal(deployed.get_submodule(name).bias, dense.get_submodule(name).bias)
+        assert [deployed.get_submodule(n).rank for n in ("2", "6")] == [48, 6]
+        with torch.no_grad():
+            assert _rel(deployed(x), _truncated_reference(dense, plan)(x)) <= 1e-10
+
+
+def _perturb_and_return(model):
+    _perturb(model)
+    return model
+
+
+def test_a_plan_cannot_truncate_a_layer_it_keeps_dense():
+    with pytest.raises(ValueError, match="full rank"):
+        lorita.LayerPlan(name="fc", full_rank=64, rank=48, factored=False)
+    with pytest.raises(ValueError, match="rank must be in"):
+        lorita.LayerPlan(name="fc", full_rank=64, rank=0, factored=True)
+
+
+def _with_spectrum(layer, sigma):
+    w = layer.weight.detach().flatten(1)
+    u, _, vh = torch.linalg.svd(torch.randn(w.shape, dtype=torch.float64), full_matrices=False)
+    with torch.no_grad():
+        layer.weight.copy_(((u * sigma) @ vh).view_as(layer.weight))
+
+
+def _shaped(model, slow):
+    """Give the named layers a slow spectrum (nine tenths at 1, a tail at 1e-3) and the others 0.8^i.
+
+    Like a trained LoRITa model: most layers decay fast, a few keep nearly full rank. A global
+    threshold above 1e-3 cuts the slow layers' tail, which leaves them above break-even.
+    """
+    for name, m in lorita.compressible_layers(model).items():
+        full = min(m.weight.shape[0], m.weight[0].numel())
+        if name in slow:
+            sigma = torch.full((full,), 1e-3, dtype=torch.float64)
+            sigma[:math.ceil(0.9 * full)] = 1.0
+        else:
+            sigma = 0.8 ** torch.arange(full, dtype=torch.float64)
+        _with_spectrum(m, sigma)
+    return model
+
+
+def _vgg_like():
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+    model = nn.Sequential(*block(3, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64),
+                          nn.MaxPool2d(2), *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    # slow: the first conv (break-even 10 of 16), 16→32 (26 of 32), 64→64 (57 of 64)
+    return model, torch.randn(2, 3, 16, 16), {"0", "3", "10"}, ("7", "14")
+
+
+def _fcn():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(196, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    return model, torch.randn(2, 1, 14, 14), {"3"}, ("1", "5")
+
+
+@pytest.mark.parametrize(("family", "kind", "drop"), [
+    (_vgg_like, "params", 0.55), (_vgg_like, "flops", 0.3), (_fcn, "params", 0.5), (_fcn, "flops", 0.5)])
+def test_target_lands_with_layers_kept_dense_at_their_full_weight(family, kind, drop):
+    model, x, slow, fast = family()
+    model = _shaped(model.double().eval(), slow)
+    x = x.double()
+    policy = lorita.TargetParamsDrop(drop=drop) if kind == "params" else lorita.TargetFlopsDrop(drop=drop)
+    plan = lorita.truncate(model, policy, x)
+    deployed = lorita.factorize(model, plan)
+    macs0, params0 = count_macs_params(model, x)
+    macs1, params1 = count_macs_params(deployed, x)
+    achieved = 1 - (params1 / params0 if kind == "params" else macs1 / macs0)
+    assert abs(achieved - drop) <= 0.01, f"{kind} drop {achieved:.4f} vs target {drop}"
+    # The threshold landed above 0.8^30 > 1e-3 (fast layers keep at most 30), so it cut the
+    # slow layers' tails: the policy picked them a rank above break-even but below full.
+    assert all(plan.ranks[name] <= 30 for name in fast)
+    for lp in plan.layers:
+        layer = deployed.get_submodule(lp.name)
+        assert not (lp.factored and lp.name in slow)
+        if lp.factored:
+            assert layer.rank == lp.rank < lp.full_rank
+        else:
+            assert lp.rank == lp.full_rank
+            assert torch.equal(layer.weight, model.get_submodule(lp.name).weight)
