@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.results import atomic_file
+from bench.records.results import atomic_file
 
 log = logging.getLogger(__name__)
 FORMAT = 1

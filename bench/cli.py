@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -122,7 +122,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import check_tolerance, compare_paths, summary
+    from bench.records.compare import check_tolerance, compare_paths, summary
 
     tol = check_tolerance(args.acc_tol)
     result = compare_paths(args.reference, args.new, acc_tol=tol)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 from bench.registry import DATASETS
 
 SPLIT_SEED = 20240503  # fixed: the splits never depend on the run's seed

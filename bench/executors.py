@@ -29,10 +29,10 @@ import bench
 from bench import data as data_mod
 from bench import runner
 from bench.budget import Target
-from bench.errors import UsageError
 from bench.presets import Preset
+from bench.records.errors import UsageError
+from bench.records.results import Record
 from bench.registry import METHODS
-from bench.results import Record
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "submitit")

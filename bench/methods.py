@@ -18,7 +18,7 @@ from torch import nn
 import lorita
 from baselines import pruning
 from bench.budget import Target
-from bench.errors import NotApplicable
+from bench.records.errors import NotApplicable
 from bench.registry import METHODS
 
 

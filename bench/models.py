@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 from bench.registry import MODELS
 
 TIMM_PREFIX = "timm:"

@@ -11,7 +11,7 @@ import bench.data  # registers the datasets and methods presets refer to
 import bench.methods
 import bench.models
 from bench.budget import Budget, Target
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 from bench.registry import DATASETS, METHODS, PRESETS
 
 

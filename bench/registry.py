@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 
 T = TypeVar("T")
 

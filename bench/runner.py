@@ -18,21 +18,19 @@ import torch
 from bench import cache, distributed, measure
 from bench.budget import Target
 from bench.data import Splits
-from bench.errors import NotApplicable, UsageError
 from bench.methods import Calib, Method
 from bench.models import build, head_of
 from bench.presets import Preset
+from bench.records.errors import NotApplicable, UsageError
+from bench.records.results import CONFIG, RESULTS, Record, append_record, atomic_write_text, load_records
 from bench.registry import METHODS
-from bench.results import Record, append_record, atomic_write_text, load_records
 from bench.train import TrainStats, accuracy, train
 
 if TYPE_CHECKING:  # bench.executors imports this module; run() imports it back lazily
     from bench.executors import ExecutorConfig
 
 log = logging.getLogger(__name__)
-RESULTS = "results.jsonl"
 CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
-CONFIG = "config.json"
 
 
 class BudgetMismatch(RuntimeError):

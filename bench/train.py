@@ -20,7 +20,7 @@ from torch import nn
 from bench import distributed
 from bench.budget import Budget
 from bench.data import Splits
-from bench.errors import TrainingDiverged
+from bench.records.errors import TrainingDiverged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

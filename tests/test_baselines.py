@@ -6,9 +6,9 @@ from torch import nn
 
 from baselines import pruning
 from bench.budget import Budget, Target
-from bench.errors import NotApplicable
 from bench.methods import Calib
 from bench.models import build, head_of
+from bench.records.errors import NotApplicable
 from bench.registry import METHODS, load_all
 from lorita.counting import count_macs_params
 
@@ -147,7 +147,7 @@ def test_sparse_learning_regularizer_changes_pre_training(name):
 
 def test_every_method_uses_the_same_optimizer_steps_through_the_cli(tmp_path):
     from bench.cli import main
-    from bench.results import load_records
+    from bench.records.results import load_records
 
     methods = ",".join(["lorita-n2", *PRUNING, "magnitude-unstructured"])
     assert main(["run", "--preset", "quick", "--out", str(tmp_path), "--no-progress", "--epochs", "3",

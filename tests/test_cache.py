@@ -7,7 +7,7 @@ import torch
 
 from bench import cache, runner
 from bench.cli import main
-from bench.results import load_records
+from bench.records.results import load_records
 
 ARGS = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetune-epochs", "1",
         "--methods", "lorita-n2,l1-filter", "--targets", "params:0.5"]

@@ -9,8 +9,8 @@ import pytest
 from bench import runner
 from bench.cli import main
 from bench.methods import LoRITa
+from bench.records.results import load_records
 from bench.registry import PRESETS
-from bench.results import load_records
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.compare import compare
-from bench.errors import UsageError
-from reports.sources import load
+from bench.records.compare import compare
+from bench.records.errors import UsageError
+from bench.records.sources import load
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "ci.jsonl"
 

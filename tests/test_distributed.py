@@ -13,7 +13,7 @@ from bench import data as data_mod
 from bench.budget import Budget
 from bench.cli import main
 from bench.models import build
-from bench.results import load_records
+from bench.records.results import load_records
 from bench.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

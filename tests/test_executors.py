@@ -12,10 +12,10 @@ import pytest
 from bench import executors, runner
 from bench.budget import Target
 from bench.cli import main
-from bench.errors import UsageError
 from bench.executors import ExecutorConfig
+from bench.records.errors import UsageError
+from bench.records.results import load_records
 from bench.registry import METHODS, PRESETS, load_all
-from bench.results import load_records
 
 load_all()
 needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,

@@ -10,11 +10,11 @@ import torch
 import lorita
 from bench import data as data_mod
 from bench.budget import Budget, Target, parse_targets
-from bench.errors import UsageError
 from bench.models import build
 from bench.presets import QUICK_BUDGET
+from bench.records.errors import UsageError
+from bench.records.results import Record, append_record, load_records
 from bench.registry import PRESETS, Registry, load_all
-from bench.results import Record, append_record, load_records
 from bench.runner import BudgetMismatch, check_budget
 from bench.train import accuracy, train
 

@@ -8,8 +8,8 @@ from torch import nn
 
 import lorita
 from baselines.pruning import l1_filter_importance, prune_to_target
-from bench.errors import UsageError
 from bench.models import build, head_of
+from bench.records.errors import UsageError
 from bench.registry import MODELS
 
 # Tiny widths and inputs: each builder still has its full depth and every layer type.

@@ -7,8 +7,8 @@ from realformat import idx_set, trust_written_cifar, write_cifar, write_idx
 
 from bench import data
 from bench.cli import main
+from bench.records.results import load_records
 from bench.registry import PRESETS, load_all
-from bench.results import load_records
 
 load_all()
 PAPER = {"mnist-fcn": ("width=32", None), "fashion-mnist-fcn": ("width=32", None),

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.records.sources import from_benchmark_json, load
 from reports import render
 from reports.plots import pareto_front
-from reports.sources import from_benchmark_json, load
 from reports.tables import iso_accuracy, rows
 
 ROOT = Path(__file__).resolve().parents[1]

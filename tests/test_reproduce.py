@@ -50,7 +50,7 @@ def test_paper_aliases_are_the_same_configurations():
 
 
 def test_published_numbers_refuse_nonsense():
-    from bench.errors import UsageError
+    from bench.records.errors import UsageError
 
     with pytest.raises(UsageError, match=r"bad published value 94\.13"):
         Published(method="lorita-n2", metric="base_acc", value=94.13, selection="x", source="y")

@@ -20,8 +20,8 @@ from bench import measure, runner
 from bench.budget import Target
 from bench.data import Splits
 from bench.presets import Preset
+from bench.records.results import Record
 from bench.registry import METHODS
-from bench.results import Record
 
 WARMUP_ROUNDS = 10  # as bench.measure.latency
 # Timed on CPU at the runner's fixed intra-op thread count, so that the suite's timings and the

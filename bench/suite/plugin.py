@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
+from bench.records.results import BENCH_KEY
 from bench.suite.cells import CPU_THREADS, Suite
 
 SUITE = pytest.StashKey[Suite]()
@@ -94,8 +95,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SUITE] = _suite(config)
         ref = config.getoption("lorita_compare")
         if ref:
-            from bench.compare import check_tolerance
-            from reports.sources import load
+            from bench.records.compare import check_tolerance
+            from bench.records.sources import load
 
             check_tolerance(config.getoption("lorita_acc_tol"))
             config.stash[REFERENCE] = load([ref]).records
@@ -182,7 +183,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     """Record the preset (and its resolved config) beside the benchmarks, for the report's protocol."""
     suite = config.stash.get(SUITE, None)
     if suite is not None:
-        output_json["lorita_bench"] = {"preset": suite.name, "config": suite.preset.to_dict()}
+        output_json[BENCH_KEY] = {"preset": suite.name, "config": suite.preset.to_dict()}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -191,7 +192,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite = config.stash.get(SUITE, None)
     if ref is None or suite is None or config.option.collectonly:
         return
-    from bench.compare import compare
+    from bench.records.compare import compare
 
     records = suite.records()
     if not records:
@@ -204,7 +205,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from bench.compare import summary
+    from bench.records.compare import summary
 
     notes = config.stash.get(NOTES, [])
     result = config.stash.get(GATE, None)

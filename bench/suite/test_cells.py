@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.results import Record
+from bench.records.results import Record
 from bench.suite.cells import Cell, DenseCell, Suite, dense_info, extra_info, time_forward
 
 

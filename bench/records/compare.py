@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
+from bench.records.sources import load
 
 DEFAULT_ACC_TOL = 0.01  # a fraction, like the records' accuracies: 0.01 = 1 percentage point
 COUNTS = (("params", "params"), ("macs", "MACs"), ("dense_params", "dense params"), ("dense_macs", "dense MACs"))
@@ -142,10 +143,8 @@ def compare(reference: Iterable[Any], new: Iterable[Any], *, acc_tol: float = DE
 def compare_paths(reference: str | Path, new: str | Path, *, acc_tol: float = DEFAULT_ACC_TOL) -> Comparison:
     """``compare`` on two sources (run folders, results JSONL or pytest-benchmark JSON files).
 
-    Raises ``UsageError`` for a missing or unreadable source, as ``reports.sources.load`` does.
+    Raises ``UsageError`` for a missing or unreadable source, as ``bench.records.sources.load`` does.
     """
-    from reports.sources import load
-
     return compare(load([reference]).records, load([new]).records, acc_tol=acc_tol)
 
 
