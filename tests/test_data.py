@@ -15,7 +15,7 @@ import torch
 import torchvision.datasets as tvd
 from realformat import idx_bytes, idx_set, trust_written_cifar, write_cifar, write_idx
 
-from bench import data
+from bench.catalog import data
 from bench.records.errors import UsageError
 
 REAL_DEBIAN_FASHION_MNIST = data.DEBIAN_FASHION_MNIST  # before any test patches it

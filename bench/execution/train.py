@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import distributed
-from bench.budget import Budget
-from bench.data import Splits
+from bench.catalog.budget import Budget
+from bench.catalog.data import Splits
+from bench.execution import distributed
 from bench.records.errors import TrainingDiverged
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from bench.catalog.registry import MODELS
 from bench.records.errors import UsageError
-from bench.registry import MODELS
 
 TIMM_PREFIX = "timm:"
 
