@@ -40,10 +40,11 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
     ignored), ``budget_changes`` (``Budget`` fields) and ``model_options`` (merged into the
     preset's) applied, checked to run here.
 
-    ``runs_here`` says whether the jobs run on this machine (an executor sending them to a
-    cluster checks CUDA there, not here). Raises ``UsageError`` for an unknown name or a bad
-    value (named by the preset and budget validators), a ``data_dir`` that is not a folder
-    (unless ``download``), and a CUDA device where jobs run here without CUDA.
+    ``runs_here`` says whether the jobs run on this machine, whose CUDA is then theirs (jobs
+    sent to a cluster find the node's GPU, or fail there as failed records). Raises
+    ``UsageError`` for an unknown name or a bad value (named by the preset and budget
+    validators), a ``data_dir`` that is not a folder (unless ``download``), and a CUDA device
+    where jobs run here without CUDA.
     """
     preset = PRESETS.get(name)
     changes = dict(changes or {})

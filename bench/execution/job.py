@@ -71,7 +71,7 @@ class Built:
 
     def record(self, target: Target) -> Record:
         """The record of ``target``; ``KeyError`` if the job had no such target."""
-        return next(r for r in self.records if (r.target_kind, r.target_drop) == (target.kind, target.drop))
+        return {(r.target_kind, r.target_drop): r for r in self.records}[target.kind, target.drop]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
