@@ -28,7 +28,11 @@ __all__ = ["BASELINES", "Baseline", "has_batchnorm", "l1_filter_importance", "ma
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Baseline:
-    """One pruning method: which importance, ranked globally or per layer, with which regularizer."""
+    """One pruning method: which importance, ranked globally or per layer, with which regularizer.
+
+    ``description`` (one line) and ``paper`` (the citation) are what ``lorita-bench list`` and the
+    report show; the harness registers one method per entry of ``BASELINES`` from them.
+    """
 
     importance: Callable[[], tp.importance.Importance]
     global_pruning: bool
@@ -36,6 +40,8 @@ class Baseline:
     reg: float = 0.0
     gradients: str | None = None  # "taylor" (one batch gradient) or "hessian" (per-sample, OBD)
     needs_batchnorm: bool = False
+    description: str = ""  # one line; every entry of BASELINES has one (an ad-hoc Baseline need not)
+    paper: str = ""  # the citation
 
 
 def l1_filter_importance() -> tp.importance.Importance:
@@ -44,21 +50,42 @@ def l1_filter_importance() -> tp.importance.Importance:
 
 
 BASELINES: dict[str, Baseline] = {
-    "l1-filter": Baseline(importance=l1_filter_importance, global_pruning=False),
-    "group-l2": Baseline(importance=lambda: tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True),
+    "l1-filter": Baseline(importance=l1_filter_importance, global_pruning=False,
+                          description="L1-norm filter/neuron pruning, same ratio in every layer",
+                          paper="Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017"),
+    "group-l2": Baseline(importance=lambda: tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+                         description="DepGraph group L2-magnitude pruning, ranked globally across layers",
+                         paper="Fang et al., DepGraph: Towards Any Structural Pruning, CVPR 2023"),
     # DepGraph's sparse learning: group-norm regularizer during pre-training (Fang et al. use 5e-4).
     "depgraph-sl": Baseline(importance=lambda: tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
-                            regularizer="group-norm", reg=5e-4),
+                            regularizer="group-norm", reg=5e-4,
+                            description="DepGraph with group-norm sparse learning during pre-training, then global "
+                            "group L2",
+                            paper="Fang et al., DepGraph: Towards Any Structural Pruning, CVPR 2023"),
     # Network slimming: L1 on BN scales during pre-training (Liu et al. use 1e-4), global BN ranking.
     "bn-slimming": Baseline(importance=lambda: tp.importance.BNScaleImportance(), global_pruning=True,
-                            regularizer="bn-l1", reg=1e-4, needs_batchnorm=True),
+                            regularizer="bn-l1", reg=1e-4, needs_batchnorm=True,
+                            description="network slimming: L1 on BN scales during pre-training, global BN-scale "
+                            "ranking",
+                            paper="Liu et al., Learning Efficient Convolutional Networks through Network Slimming, "
+                            "ICCV 2017"),
     "taylor": Baseline(importance=lambda: tp.importance.GroupTaylorImportance(), global_pruning=True,
-                       gradients="taylor"),
+                       gradients="taylor",
+                       description="first-order Taylor importance on a train-split calibration batch, global",
+                       paper="Molchanov et al., Importance Estimation for Neural Network Pruning, CVPR 2019"),
     "hessian": Baseline(importance=lambda: tp.importance.GroupHessianImportance(), global_pruning=True,
-                        gradients="hessian"),
-    "lamp": Baseline(importance=lambda: tp.importance.LAMPImportance(p=2), global_pruning=True),
-    "fpgm": Baseline(importance=lambda: tp.importance.FPGMImportance(p=2), global_pruning=False),
-    "random": Baseline(importance=lambda: tp.importance.RandomImportance(), global_pruning=False),
+                        gradients="hessian",
+                        description="OBD diagonal-Hessian importance from per-sample train gradients, global",
+                        paper="LeCun et al., Optimal Brain Damage, NeurIPS 1989"),
+    "lamp": Baseline(importance=lambda: tp.importance.LAMPImportance(p=2), global_pruning=True,
+                     description="layer-adaptive magnitude (LAMP) scores, global",
+                     paper="Lee et al., Layer-adaptive Sparsity for the Magnitude-based Pruning, ICLR 2021"),
+    "fpgm": Baseline(importance=lambda: tp.importance.FPGMImportance(p=2), global_pruning=False,
+                     description="filter pruning via geometric median, per layer",
+                     paper="He et al., Filter Pruning via Geometric Median, CVPR 2019"),
+    "random": Baseline(importance=lambda: tp.importance.RandomImportance(), global_pruning=False,
+                       description="random channels, same ratio in every layer: the control every method must beat",
+                       paper="Li et al., Revisiting Random Channel Pruning, CVPR 2022"),
 }
 
 HESSIAN_SAMPLES = 32  # per-sample backward passes for the OBD diagonal estimate

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -43,9 +43,8 @@ def _options(text: str) -> dict[str, object]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from bench.registry import DATASETS, METHODS, MODELS, PRESETS, load_all
+    from bench.catalog import DATASETS, METHODS, MODELS, PRESETS
 
-    load_all()
     tables = (("presets", PRESETS), ("datasets", DATASETS), ("models", MODELS), ("methods", METHODS))
     width = max(len(e.name) for _, reg in tables for e in reg) + 2
     for title, reg in tables:
@@ -56,37 +55,39 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+def _preset_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The ``Preset`` fields ``run``'s options change (``None``: not given)."""
+    from bench.catalog.budget import parse_targets
 
-    from bench import runner
-    from bench.budget import parse_targets
-    from bench.executors import ExecutorConfig
-    from bench.registry import PRESETS, load_all
+    return {"dataset": args.dataset, "model": args.model, "device": args.device,
+            "amp": False if args.no_amp else None, "compile": True if args.compile else None,
+            "latency_rounds": args.latency_rounds, "throughput_batch": args.throughput_batch,
+            "methods": tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
+            "targets": parse_targets(args.targets) if args.targets else None,
+            "seeds": _ints(args.seeds, "seeds") if args.seeds else None}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from bench import frontend
+    from bench.catalog import PRESETS
+    from bench.execution import executors, runner
+    from bench.records.results import RESULTS
     from reports import comparison_table, render
 
-    load_all()
-    preset = PRESETS.get(args.preset)
-    budget_changes = {k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None}
-    budget = replace(preset.budget, **budget_changes) if budget_changes else preset.budget
-    preset = preset.override(
-        dataset=args.dataset, model=args.model, device=args.device, budget=budget,
-        amp=False if args.no_amp else None, compile=True if args.compile else None,
-        model_options={**preset.model_options, **_options(args.model_options)} if args.model_options else None,
-        latency_rounds=args.latency_rounds, throughput_batch=args.throughput_batch,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
-        targets=parse_targets(args.targets) if args.targets else None,
-        seeds=_ints(args.seeds, "seeds") if args.seeds else None)
-    if args.data_dir is not None and not args.download and not Path(args.data_dir).is_dir():
-        raise UsageError(f"data directory {args.data_dir} does not exist; pass an existing folder "
-                         "to --data-dir, or add --download")
-    executor = ExecutorConfig(kind=args.executor, cluster=args.cluster, slurm_partition=args.slurm_partition,
-                              gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
-                              timeout_min=args.timeout_min)
+    executor = executors.ExecutorConfig(kind=args.executor, cluster=args.cluster, slurm_partition=args.slurm_partition,
+                                        gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
+                                        timeout_min=args.timeout_min)
+    preset = frontend.resolve_preset(
+        args.preset, flags=frontend.CLI_FLAGS, changes=_preset_changes(args),
+        budget_changes={k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None},
+        model_options=_options(args.model_options) if args.model_options else None,
+        data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here)
     out = Path(args.out)
     main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
-        from bench import distributed
+        from bench.execution import distributed
 
         if executor.kind != "local":
             raise UsageError("torchrun runs the suite in-process; accepted: --executor local under torchrun")
@@ -104,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(comparison_table(dicts))
     path = render(dicts, out, config={**preset.to_dict(), "published": published})
     print(f"report: {path}")
-    print(f"records: {out / runner.RESULTS}")
+    print(f"records: {out / RESULTS}")
     return 0
 
 
@@ -122,7 +123,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import check_tolerance, compare_paths, summary
+    from bench.records.compare import check_tolerance, compare_paths, summary
 
     tol = check_tolerance(args.acc_tol)
     result = compare_paths(args.reference, args.new, acc_tol=tol)
@@ -134,11 +135,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lorita-bench", description="LoRITa vs structured pruning, "
-                                 "under identical training budgets.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="registered presets, datasets, models and methods").set_defaults(fn=_cmd_list)
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    """The ``run`` command and its options."""
     run = sub.add_parser("run", help="run a preset and write records and a report")
     run.add_argument("--preset", default="quick")
     run.add_argument("--out", default="out/quick", help="folder for results.jsonl, config.json, report.md")
@@ -176,6 +174,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout-min", type=int, help="with --executor submitit: each job's limit in minutes "
                      "(default 1440)")
     run.set_defaults(fn=_cmd_run)
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lorita-bench", description="LoRITa vs structured pruning, "
+                                 "under identical training budgets.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered presets, datasets, models and methods").set_defaults(fn=_cmd_list)
+    _add_run(sub)
     rep = sub.add_parser("report", help="render report.md, tables and figures from results")
     rep.add_argument("sources", nargs="+", help="run folders, results.jsonl files or pytest-benchmark JSON files")
     rep.add_argument("--out", required=True)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.results import atomic_write_text
+from bench.records.results import atomic_write_text
 from reports import tables
 from reports.tables import latest
 

@@ -73,7 +73,7 @@ PY
 [ $? -eq 0 ] || exit 2
 
 stage "training-step time, N=3 vs N=1, eager"
-timeout "${STEP_TIMEOUT:-60}" "$PY" -m bench.steptime --device "$DEVICE" --models "${STEP_MODELS:-vgg16,resnet20,vit}" --n 3 --batch-size "$STEP_BATCH" \
+timeout "${STEP_TIMEOUT:-60}" "$PY" -m bench.execution.steptime --device "$DEVICE" --models "${STEP_MODELS:-vgg16,resnet20,vit}" --n 3 --batch-size "$STEP_BATCH" \
     --rounds "$STEP_ROUNDS" --steps-per-round "$STEPS_PER_ROUND" --out "$OUT_DIR/steps.json" ${STEP_OPTIONS:+--model-options "$STEP_OPTIONS"} || failed=1
 
 for preset in $PRESETS; do
@@ -87,7 +87,7 @@ done
 COMPILE_MODELS=${COMPILE_MODELS-vgg16,vit}
 if [ -n "$COMPILE_MODELS" ]; then
     stage "training-step time, N=3 vs N=1, torch.compile"
-    timeout "${COMPILE_TIMEOUT:-120}" "$PY" -m bench.steptime --device "$DEVICE" --models "$COMPILE_MODELS" --n 3 \
+    timeout "${COMPILE_TIMEOUT:-120}" "$PY" -m bench.execution.steptime --device "$DEVICE" --models "$COMPILE_MODELS" --n 3 \
         --batch-size "$STEP_BATCH" --rounds "$STEP_ROUNDS" --steps-per-round "$STEPS_PER_ROUND" --compile yes --out "$OUT_DIR/steps.json" \
         ${STEP_OPTIONS:+--model-options "$STEP_OPTIONS"} || failed=1
 fi

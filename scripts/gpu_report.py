@@ -107,7 +107,7 @@ def render(out_dir: Path, epochs: int, finetune: int) -> int:
              "preset's rounds; speed-up = dense / deployed time; theoretical = dense MACs / deployed MACs.", "",
              "## Training-step time: what N costs", "",
              "One SGD step of the suite's loop on a fixed batch, N=3 and N=1 timed in alternating rounds "
-             "(`bench/steptime.py`).", "", *steps_table(steps), "", "## Epoch time", ""]
+             "(`bench/execution/steptime.py`).", "", *steps_table(steps), "", "## Epoch time", ""]
     for preset, records in by_preset.items():
         lines += epoch_lines(preset, records, epochs, finetune)
     lines += ["", "## Latency of dense and deployed models", ""]

@@ -7,14 +7,13 @@ import torch
 from torch import nn
 
 from baselines import pruning
-from bench.budget import Budget, Target
-from bench.errors import NotApplicable
-from bench.methods import Calib
-from bench.models import build, head_of
-from bench.registry import METHODS, load_all
+from bench.catalog.budget import Budget, Target
+from bench.catalog.methods import Calib
+from bench.catalog.models import build, head_of
+from bench.catalog.registry import METHODS
+from bench.records.errors import NotApplicable
 from lorita.counting import count_macs_params
 
-load_all()
 PRUNING = [e.name for e in METHODS if e.meta.get("family") == "pruning" and e.name != "magnitude-unstructured"]
 FAMILIES = {
     "fcn": ((1, 8, 8), {"depth": 4, "width": 64}),
@@ -109,8 +108,8 @@ def test_unstructured_magnitude_counts_zeros_and_claims_no_flops():
 
 
 def test_masks_keep_pruned_weights_at_zero_through_fine_tuning():
-    from bench import data as data_mod
-    from bench.train import train
+    from bench.catalog import data as data_mod
+    from bench.execution.train import train
 
     d = data_mod.load("digits")
     torch.manual_seed(0)
@@ -125,8 +124,8 @@ def test_masks_keep_pruned_weights_at_zero_through_fine_tuning():
 
 @pytest.mark.parametrize("name", ["depgraph-sl", "bn-slimming"])
 def test_sparse_learning_regularizer_changes_pre_training(name):
-    from bench import data as data_mod
-    from bench.train import train
+    from bench.catalog import data as data_mod
+    from bench.execution.train import train
 
     d = data_mod.load("digits")
     shape = d.input_shape
@@ -149,7 +148,7 @@ def test_sparse_learning_regularizer_changes_pre_training(name):
 
 def test_every_method_uses_the_same_optimizer_steps_through_the_cli(tmp_path):
     from bench.cli import main
-    from bench.results import load_records
+    from bench.records.results import load_records
 
     methods = ",".join(["lorita-n2", *PRUNING, "magnitude-unstructured"])
     assert main(["run", "--preset", "quick", "--out", str(tmp_path), "--no-progress", "--epochs", "3",

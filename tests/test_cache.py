@@ -5,9 +5,9 @@ import logging
 import pytest
 import torch
 
-from bench import cache, runner
 from bench.cli import main
-from bench.results import load_records
+from bench.execution import cache, job
+from bench.records.results import load_records
 
 ARGS = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetune-epochs", "1",
         "--methods", "lorita-n2,l1-filter", "--targets", "params:0.5"]
@@ -16,12 +16,12 @@ ARGS = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetun
 @pytest.fixture
 def count_training(monkeypatch):
     calls = []
-    real = runner.train
+    real = job.train
 
     def counting(model, data, budget, *, epochs, **kw):
         calls.append(epochs)
         return real(model, data, budget, epochs=epochs, **kw)
-    monkeypatch.setattr(runner, "train", counting)
+    monkeypatch.setattr(job, "train", counting)
     return calls
 
 
@@ -53,7 +53,7 @@ def test_a_corrupt_checkpoint_is_reported_and_retrained(tmp_path, count_training
     else:
         path.write_bytes(b"not a checkpoint")
     count_training.clear()
-    with caplog.at_level(logging.WARNING, logger="bench.cache"):
+    with caplog.at_level(logging.WARNING, logger="bench.execution.cache"):
         assert main([*ARGS, "--methods", "lorita-n2", "--out", str(tmp_path / "b"), "--cache-dir", str(ckpts)]) == 0
     assert count_training == [2, 1]  # retrained, not silently used
     assert "corrupt checkpoint" in caplog.text
@@ -67,7 +67,7 @@ def _trained(folder):
 
 def _model_for(path):
     import lorita
-    from bench.models import build
+    from bench.catalog.models import build
     model = lorita.overparameterize(build("fcn", 10, (1, 8, 8), {"depth": 4, "width": 128}), 2)
     return model
 

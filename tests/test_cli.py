@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from bench import runner
+from bench.catalog.methods import LoRITa
+from bench.catalog.registry import PRESETS
 from bench.cli import main
-from bench.methods import LoRITa
-from bench.registry import PRESETS
-from bench.results import load_records
+from bench.execution import job
+from bench.records.results import load_records
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,12 @@ def test_rerun_resumes_without_repeating_finished_runs(quick_run, monkeypatch):
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     missing = json.loads(lines[-1])
     calls = []
-    real = runner.run_method
+    real = job.run_method
 
     def counting(preset, method, data, targets, seed, **kw):
         calls.append((method.name, [t.drop for t in targets]))
         return real(preset, method, data, targets, seed, **kw)
-    monkeypatch.setattr(runner, "run_method", counting)
+    monkeypatch.setattr(job, "run_method", counting)
     assert main(["run", "--preset", "quick", "--out", str(out), "--no-progress"]) == 0
     assert calls == [(missing["method"], [missing["target_drop"]])]
     assert len(load_records(out / "results.jsonl")) == len(lines)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.compare import compare
-from bench.errors import UsageError
-from reports.sources import load
+from bench.records.compare import compare
+from bench.records.errors import UsageError
+from bench.records.sources import load
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "ci.jsonl"
 
@@ -26,9 +26,8 @@ def _write(path: Path, records: list[dict]) -> Path:
 
 
 def test_reference_is_a_complete_successful_ci_run(reference):
-    from bench.registry import PRESETS, load_all
+    from bench.catalog.registry import PRESETS
 
-    load_all()
     ci = PRESETS.get("ci")
     assert {(r["method"], r["target_kind"], r["target_drop"], r["seed"]) for r in reference} == {
         (m, t.kind, t.drop, s) for m in ci.methods for t in ci.targets for s in ci.seeds}

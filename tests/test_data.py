@@ -15,8 +15,8 @@ import torch
 import torchvision.datasets as tvd
 from realformat import idx_bytes, idx_set, trust_written_cifar, write_cifar, write_idx
 
-from bench import data
-from bench.errors import UsageError
+from bench.catalog import data
+from bench.records.errors import UsageError
 
 REAL_DEBIAN_FASHION_MNIST = data.DEBIAN_FASHION_MNIST  # before any test patches it
 SPECS = {"mnist": data.MNIST_SPEC, "fashion-mnist": data.FASHION_MNIST_SPEC,

@@ -9,20 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import data as data_mod
-from bench.budget import Budget
+from bench.catalog import data as data_mod
+from bench.catalog.budget import Budget
+from bench.catalog.models import build
 from bench.cli import main
-from bench.models import build
-from bench.results import load_records
-from bench.train import train
+from bench.execution.train import train
+from bench.records.results import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = Budget(epochs=2, finetune_epochs=0, batch_size=64, lr=0.02, weight_decay=0.01)
 SCRIPT = textwrap.dedent("""
     import sys, torch
-    from bench import distributed, data as data_mod
-    from bench.models import build
-    from bench.train import train
+    from bench.catalog import data as data_mod
+    from bench.execution import distributed
+    from bench.catalog.models import build
+    from bench.execution.train import train
     from tests_distributed_budget import BUDGET
     distributed.setup_from_env("cpu")
     torch.manual_seed(0)
@@ -43,7 +44,7 @@ def _torchrun(args, tmp_path, timeout=300):
 
 def test_two_processes_train_the_same_model_as_one(tmp_path):
     (tmp_path / "tests_distributed_budget.py").write_text(
-        "from bench.budget import Budget\n"
+        "from bench.catalog.budget import Budget\n"
         "BUDGET = Budget(epochs=2, finetune_epochs=0, batch_size=64, lr=0.02, weight_decay=0.01)\n")
     (tmp_path / "script.py").write_text(SCRIPT)
     proc = _torchrun(["script.py", str(tmp_path / "ddp.pt")], tmp_path)

@@ -9,15 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from bench import executors, runner
-from bench.budget import Target
+from bench.catalog.budget import Target
+from bench.catalog.registry import METHODS, PRESETS
 from bench.cli import main
-from bench.errors import UsageError
-from bench.executors import ExecutorConfig
-from bench.registry import METHODS, PRESETS, load_all
-from bench.results import load_records
+from bench.execution import executors, job, runner
+from bench.execution.cache import checkpoint_key
+from bench.execution.executors import ExecutorConfig
+from bench.records.errors import UsageError
+from bench.records.results import RESULTS, load_records
 
-load_all()
 needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
                                     reason="submitit is an optional extra: pip install 'lorita-bench[slurm]'")
 # The tiny grid: digits + FCN, 2 epochs (1 of them fine-tuning), two methods, two seeds.
@@ -40,7 +40,7 @@ def test_submitit_local_equals_in_process_and_a_rerun_submits_only_the_failed_jo
     # A real failure inside one worker process: its checkpoint path is a directory the worker
     # can neither load nor move aside (the aside name is a non-empty directory), so that job raises.
     cache = tmp_path / "cache-submitit"
-    blocked = cache / f"{runner.checkpoint_key(TINY, METHODS.get('l1-filter'), 1)}.pt"
+    blocked = cache / f"{checkpoint_key(TINY, METHODS.get('l1-filter'), 1)}.pt"
     blocked.mkdir(parents=True)
     (blocked.parent / (blocked.name + ".corrupt") / "keep").mkdir(parents=True)
     said: list[str] = []
@@ -68,14 +68,14 @@ def test_submitit_local_equals_in_process_and_a_rerun_submits_only_the_failed_jo
 
 @needs_submitit
 def test_debug_cluster_turns_a_raising_job_into_failed_records_and_the_rerun_runs_only_it(tmp_path, monkeypatch):
-    real, calls = runner.run_method, []
+    real, calls = job.run_method, []
 
     def flaky(preset, method, data, targets, seed, **kw):
         calls.append((method.name, seed))
         if (method.name, seed) == ("lorita-n1", 0):
             raise RuntimeError("boom")
         return real(preset, method, data, targets, seed, **kw)
-    monkeypatch.setattr(runner, "run_method", flaky)
+    monkeypatch.setattr(job, "run_method", flaky)
     debug = ExecutorConfig(kind="submitit", cluster="debug")
     first = _by_job(runner.run(TINY, tmp_path, progress=False, echo=lambda s: None, executor=debug))
     assert first[("lorita-n1", 0, "params", 0.5)].status == "failed"
@@ -84,10 +84,10 @@ def test_debug_cluster_turns_a_raising_job_into_failed_records_and_the_rerun_run
     assert sorted(calls) == sorted((m, s) for s in TINY.seeds for m in TINY.methods)
 
     calls.clear()
-    monkeypatch.setattr(runner, "run_method", lambda *a, **kw: calls.append((a[1].name, a[4])) or real(*a, **kw))
+    monkeypatch.setattr(job, "run_method", lambda *a, **kw: calls.append((a[1].name, a[4])) or real(*a, **kw))
     runner.run(TINY, tmp_path, progress=False, echo=lambda s: None, executor=debug)
     assert calls == [("lorita-n1", 0)]
-    ok = [r for r in load_records(tmp_path / runner.RESULTS) if r.status == "ok"]
+    ok = [r for r in load_records(tmp_path / RESULTS) if r.status == "ok"]
     assert len(ok) == 4 and len({(r.method, r.seed) for r in ok}) == 4
 
 

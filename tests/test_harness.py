@@ -8,17 +8,15 @@ import pytest
 import torch
 
 import lorita
-from bench import data as data_mod
-from bench.budget import Budget, Target, parse_targets
-from bench.errors import UsageError
-from bench.models import build
-from bench.presets import QUICK_BUDGET
-from bench.registry import PRESETS, Registry, load_all
-from bench.results import Record, append_record, load_records
-from bench.runner import BudgetMismatch, check_budget
-from bench.train import accuracy, train
-
-load_all()
+from bench.catalog import data as data_mod
+from bench.catalog.budget import Budget, Target, parse_targets
+from bench.catalog.models import build
+from bench.catalog.presets import QUICK_BUDGET
+from bench.catalog.registry import PRESETS, Registry
+from bench.execution.runner import BudgetMismatch, check_budget
+from bench.execution.train import accuracy, train
+from bench.records.errors import UsageError
+from bench.records.results import Record, append_record, load_records
 
 
 def test_registry_refuses_a_second_entry_under_the_same_name():

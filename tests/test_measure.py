@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import measure
+from bench.execution import measure
 
 
 def test_latency_reports_median_and_iqr_and_restores_state():

@@ -8,9 +8,9 @@ from torch import nn
 
 import lorita
 from baselines.pruning import l1_filter_importance, prune_to_target
-from bench.errors import UsageError
-from bench.models import build, head_of
-from bench.registry import MODELS
+from bench.catalog.models import build, head_of
+from bench.catalog.registry import MODELS
+from bench.records.errors import UsageError
 
 # Tiny widths and inputs: each builder still has its full depth and every layer type.
 # Widths are chosen so that uniform L1 pruning can land within 1 pp of a 30 % params drop

@@ -5,12 +5,11 @@ import pytest
 import torchvision.datasets as tvd
 from realformat import idx_set, trust_written_cifar, write_cifar, write_idx
 
-from bench import data
+from bench.catalog import data
+from bench.catalog.registry import PRESETS
 from bench.cli import main
-from bench.registry import PRESETS, load_all
-from bench.results import load_records
+from bench.records.results import load_records
 
-load_all()
 PAPER = {"mnist-fcn": ("width=32", None), "fashion-mnist-fcn": ("width=32", None),
          "cifar10-vgg16": ("width=0.0625", tvd.CIFAR10), "cifar10-resnet20": ("width=0.5", tvd.CIFAR10),
          "cifar10-vit": ("embed_dim=24,depth=1,num_heads=2", tvd.CIFAR10),

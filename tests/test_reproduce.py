@@ -7,12 +7,11 @@ import pytest
 import torchvision.datasets as tvd
 from realformat import trust_written_cifar, write_cifar
 
-from bench import data, runner
-from bench.budget import Target
-from bench.presets import Published
-from bench.registry import PRESETS, load_all
-
-load_all()
+from bench.catalog import data
+from bench.catalog.budget import Target
+from bench.catalog.presets import Published
+from bench.catalog.registry import PRESETS
+from bench.execution import runner
 
 
 def test_lorita_presets_carry_the_official_recipe_and_the_logged_best_accuracies():
@@ -50,7 +49,7 @@ def test_paper_aliases_are_the_same_configurations():
 
 
 def test_published_numbers_refuse_nonsense():
-    from bench.errors import UsageError
+    from bench.records.errors import UsageError
 
     with pytest.raises(UsageError, match=r"bad published value 94\.13"):
         Published(method="lorita-n2", metric="base_acc", value=94.13, selection="x", source="y")

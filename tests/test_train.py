@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.budget import Budget
-from bench.data import Splits
-from bench.models import build
-from bench.train import augment_crop_flip, steps_per_epoch, train
+from bench.catalog.budget import Budget
+from bench.catalog.data import Splits
+from bench.catalog.models import build
+from bench.execution.train import augment_crop_flip, steps_per_epoch, train
 
 
 def test_crop_flip_equals_the_per_image_definition():
@@ -70,8 +70,8 @@ def test_cuda_path_with_torch_compile():
 
 
 def test_keep_best_returns_the_validation_selected_epoch():
-    from bench import data as data_mod
-    from bench.train import accuracy
+    from bench.catalog import data as data_mod
+    from bench.execution.train import accuracy
 
     d = data_mod.load("digits")
     torch.manual_seed(0)

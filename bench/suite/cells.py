@@ -1,8 +1,8 @@
 """The suite's cells, its session cache of trained models, and the timed forward pass.
 
-Training and measuring go through ``bench.runner.run_method`` itself, so a cell's record is
-exactly what ``lorita-bench run`` writes for it; the suite only keeps hold of the models the
-runner makes (see ``_Keeping``) so that pytest-benchmark can time them afterwards.
+Training and measuring go through ``bench.execution.job.run_method`` itself, so a cell's record
+is exactly what ``lorita-bench run`` writes for it; the job hands back the dense and deployed
+models its records describe, and pytest-benchmark times exactly those.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import data as data_mod
-from bench import measure, runner
-from bench.budget import Target
-from bench.data import Splits
-from bench.presets import Preset
-from bench.registry import METHODS
-from bench.results import Record
+from bench.catalog import data as data_mod
+from bench.catalog.budget import Target
+from bench.catalog.data import Splits
+from bench.catalog.presets import Preset
+from bench.catalog.registry import METHODS
+from bench.execution import job, measure
+from bench.execution.job import Built
+from bench.records.results import Record
 
-WARMUP_ROUNDS = 10  # as bench.measure.latency
-# Timed on CPU at the runner's fixed intra-op thread count, so that the suite's timings and the
+WARMUP_ROUNDS = 10  # as bench.execution.measure.latency
+# Timed on CPU at the records' fixed intra-op thread count, so that the suite's timings and the
 # records' agree in meaning (and a busy neighbour core does not stall every parallel region).
 CPU_THREADS = inspect.signature(measure.latency).parameters["cpu_threads"].default
 
@@ -73,53 +74,6 @@ def dense_cells(preset: Preset) -> list[DenseCell]:
             for b in batch_sizes(preset)]
 
 
-class _Keeping:
-    """A registered method that also keeps the models ``run_method`` makes from it.
-
-    Everything is delegated to the method; ``dense_reference``, ``compress`` and ``finalize``
-    additionally remember what they return. ``run_method`` handles one target at a time
-    (compress, fine-tune in place, finalize, measure), so the model ``finalize`` returns after a
-    ``compress`` is the one that target's record describes; ``Suite.trained`` checks that by
-    counting it again.
-    """
-
-    def __init__(self, method: Any) -> None:
-        self._method = method
-        self._target: Target | None = None
-        self.dense: nn.Module | None = None
-        self.deployed: dict[Target, nn.Module] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._method, name)
-
-    def dense_reference(self, model: nn.Module) -> nn.Module:
-        self.dense = self._method.dense_reference(model)
-        return self.dense
-
-    def compress(self, model: nn.Module, target: Target, calib: Any) -> Any:
-        out = self._method.compress(model, target, calib)
-        self._target = target
-        self.deployed[target] = out.model
-        return out
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        out = self._method.finalize(model)
-        if self._target is not None:
-            self.deployed[self._target] = out
-        return out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Trained:
-    """One (method, seed) after ``run_method``: a record and a deployed model per target, the dense
-    reference, and its spectra ({layer: σᵢ/σ₁ descending}) for the report's decay figure."""
-
-    records: dict[Target, Record]
-    deployed: dict[Target, nn.Module]
-    dense: nn.Module | None
-    spectra: dict[str, list[float]]
-
-
 class Suite:
     """The session's preset and data, and the trained models: one training per (method, seed).
 
@@ -135,7 +89,7 @@ class Suite:
         self.cache_dir = cache_dir  # trained-model checkpoints, as `lorita-bench run --cache-dir`; None: no cache
         self.rounds = rounds or preset.latency_rounds
         self._data: Splits | None = None
-        self._trained: dict[tuple[str, int], Trained | BaseException] = {}
+        self._trained: dict[tuple[str, int], Built | BaseException] = {}
 
     @property
     def data(self) -> Splits:
@@ -148,15 +102,18 @@ class Suite:
         so that the terminal table reads as a comparison against the dense rows of the same group."""
         return f"{self.preset.dataset}/{self.preset.model} b={batch}"
 
-    def trained(self, method: str, seed: int) -> Trained:
-        """Train ``method`` at ``seed`` (first call only), compress at every target, measure.
+    def trained(self, method: str, seed: int) -> Built:
+        """Train ``method`` at ``seed`` (first call only), compress at every target, measure; the
+        records with the dense and deployed models they describe.
 
         A training that raised is cached too and raised again for each of its cells.
         """
         key = (method, seed)
         if key not in self._trained:
             try:
-                self._trained[key] = self._train(method, seed)
+                self._trained[key] = job.run_method(self.preset, METHODS.get(method), self.data,
+                                                    list(self.preset.targets), seed, cache_dir=self.cache_dir,
+                                                    keep_models=True)
             except Exception as err:  # cached: the method's other cells must not retrain to fail again
                 self._trained[key] = err
         got = self._trained[key]
@@ -164,26 +121,9 @@ class Suite:
             raise RuntimeError(f"training {method} at seed {seed} failed: {got}") from got
         return got
 
-    def _train(self, method: str, seed: int) -> Trained:
-        keeping = _Keeping(METHODS.get(method))
-        records = runner.run_method(self.preset, keeping, self.data, list(self.preset.targets), seed,
-                                    cache_dir=self.cache_dir)
-        by_target = {Target(kind=r.target_kind, drop=r.target_drop): r for r in records}
-        for target, model in keeping.deployed.items():
-            rec = by_target[target]
-            if rec.status == "ok":
-                macs, params = measure.counts(model, self.data.input_shape, self.preset.device)
-                params = keeping.deployed_params(model, params)
-                if (macs, params) != (rec.macs, rec.params):
-                    raise RuntimeError(f"the model kept for timing {method} at {target} counts "
-                                       f"{params} params / {macs} MACs, the record {rec.params} / {rec.macs}: "
-                                       "bench.runner.run_method no longer deploys Compressed.model itself")
-        spectra = measure.spectra_of(keeping.dense) if keeping.dense is not None else {}
-        return Trained(records=by_target, deployed=dict(keeping.deployed), dense=keeping.dense, spectra=spectra)
-
     def records(self) -> list[Record]:
         """Every record of the (method, seed) pairs trained so far in this session."""
-        return [r for t in self._trained.values() if isinstance(t, Trained) for r in t.records.values()]
+        return [r for t in self._trained.values() if isinstance(t, Built) for r in t.records]
 
     def complete(self) -> bool:
         """Whether every (method, seed) of the preset has been trained in this session."""

@@ -35,7 +35,12 @@ from typing import Any
 
 import pytest
 
-from bench.errors import UsageError
+from bench import frontend
+from bench.execution import cache
+from bench.records.compare import check_tolerance, compare, summary
+from bench.records.errors import UsageError
+from bench.records.results import BENCH_KEY
+from bench.records.sources import load
 from bench.suite.cells import CPU_THREADS, Suite
 
 SUITE = pytest.StashKey[Suite]()
@@ -64,25 +69,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _suite(config: pytest.Config) -> Suite:
-    from bench.registry import PRESETS, load_all
-
-    load_all()
     name = config.getoption("preset")
-    preset = PRESETS.get(name).override(device=config.getoption("lorita_device"))
     data_dir = config.getoption("lorita_data_dir")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UsageError(f"data directory {data_dir} does not exist; pass an existing folder to --lorita-data-dir")
-    if preset.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"preset {name!r} runs on {preset.device!r} but CUDA is not available here; "
-                             "accepted: --lorita-device cpu, or a machine with a CUDA GPU")
+    preset = frontend.resolve_preset(name, flags=frontend.SUITE_FLAGS,
+                                     changes={"device": config.getoption("lorita_device")}, data_dir=data_dir)
     rounds = config.getoption("lorita_rounds")
     if rounds is not None and rounds < 1:
         raise UsageError(f"bad --lorita-rounds {rounds}; accepted: an integer >= 1")
-    from bench import cache
-
     cache_dir = None if config.getoption("lorita_no_cache") else Path(config.getoption("lorita_cache_dir")
                                                                        or cache.default_dir())
     return Suite(preset, name, data_dir=Path(data_dir) if data_dir else None, rounds=rounds, cache_dir=cache_dir)
@@ -94,9 +87,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SUITE] = _suite(config)
         ref = config.getoption("lorita_compare")
         if ref:
-            from bench.compare import check_tolerance
-            from reports.sources import load
-
             check_tolerance(config.getoption("lorita_acc_tol"))
             config.stash[REFERENCE] = load([ref]).records
     except UsageError as err:
@@ -182,7 +172,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     """Record the preset (and its resolved config) beside the benchmarks, for the report's protocol."""
     suite = config.stash.get(SUITE, None)
     if suite is not None:
-        output_json["lorita_bench"] = {"preset": suite.name, "config": suite.preset.to_dict()}
+        output_json[BENCH_KEY] = {"preset": suite.name, "config": suite.preset.to_dict()}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -191,8 +181,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite = config.stash.get(SUITE, None)
     if ref is None or suite is None or config.option.collectonly:
         return
-    from bench.compare import compare
-
     records = suite.records()
     if not records:
         config.stash[NOTES].append("--lorita-compare: no cell ran, nothing was gated")
@@ -204,8 +192,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from bench.compare import summary
-
     notes = config.stash.get(NOTES, [])
     result = config.stash.get(GATE, None)
     if not notes and result is None:

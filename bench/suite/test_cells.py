@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.results import Record
+from bench.records.results import Record
 from bench.suite.cells import Cell, DenseCell, Suite, dense_info, extra_info, time_forward
 
 
@@ -22,7 +22,7 @@ def _usable(record: Record) -> None:
 
 def test_deployed(benchmark, cell: Cell, suite: Suite) -> None:
     trained = suite.trained(cell.method, cell.seed)
-    record = trained.records[cell.target]
+    record = trained.record(cell.target)
     _usable(record)
     benchmark.group = suite.group(cell.batch)
     benchmark.extra_info.update(extra_info(record, trained.spectra, "deployed", cell.batch, suite.name))
@@ -31,9 +31,9 @@ def test_deployed(benchmark, cell: Cell, suite: Suite) -> None:
 
 def test_dense(benchmark, dense_cell: DenseCell, suite: Suite) -> None:
     trained = suite.trained(dense_cell.method, dense_cell.seed)
-    ok = [r for r in trained.records.values() if r.status == "ok"]
+    ok = [r for r in trained.records if r.status == "ok"]
     if not ok or trained.dense is None:
-        _usable(next(iter(trained.records.values())))
+        _usable(trained.records[0])
         pytest.fail(f"{dense_cell.method}: no dense model was kept", pytrace=False)
     benchmark.group = suite.group(dense_cell.batch)
     benchmark.extra_info.update(dense_info(ok[0], dense_cell.batch, suite.name))

@@ -1,4 +1,4 @@
-"""Harness overhead: one epoch of ``bench.train.train`` against a minimal hand-written loop.
+"""Harness overhead: one epoch of ``bench.execution.train.train`` against a minimal hand-written loop.
 
 Same model, same data on the same device, same optimizer and schedule; the ratio
 plain-median / harness-median goes in ``extra_info["throughput_ratio"]`` (target ≥ 0.95).
@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import data as data_mod
-from bench.budget import Budget
-from bench.models import build
-from bench.train import train
+from bench.catalog import data as data_mod
+from bench.catalog.budget import Budget
+from bench.catalog.models import build
+from bench.execution.train import train
 
 BUDGET = Budget(epochs=2, finetune_epochs=0, batch_size=64, lr=0.02, weight_decay=0.01)
 TARGET_RATIO = 0.95

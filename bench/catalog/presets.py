@@ -1,4 +1,8 @@
-"""Presets: named, frozen run configurations, listed by ``lorita-bench list``."""
+"""Presets: named, frozen run configurations, listed by ``lorita-bench list``.
+
+A preset names datasets, models and methods, so it is validated against their tables: the
+package ``bench.catalog`` imports this module last, after every table it refers to is filled.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import bench.data  # registers the datasets and methods presets refer to
-import bench.methods
-import bench.models
-from bench.budget import Budget, Target
-from bench.errors import UsageError
-from bench.registry import DATASETS, METHODS, PRESETS
+from bench.catalog.budget import Budget, Target
+from bench.catalog.models import resolve
+from bench.catalog.registry import DATASETS, METHODS, PRESETS
+from bench.records.errors import UsageError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +37,7 @@ class Preset:
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
-        bench.models.resolve(self.model)  # registered names and timm:<arch>
+        resolve(self.model)  # registered names and timm:<arch>
         for m in self.methods:
             METHODS.entry(m)
         if not self.methods:

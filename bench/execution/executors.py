@@ -1,12 +1,12 @@
 """Where a run's training jobs execute: in this process, or handed to submitit (SLURM, local processes, debug).
 
-One job is one trained model — (dataset, model, method preparation, budget, seed) — together
-with every compression target still missing for that (method, seed). The job trains (or loads
-the trained model from the shared checkpoint cache), then compresses, fine-tunes and measures
-at each target where the checkpoint is, and returns its ``Record``s. The harness only submits,
-waits and collects: queueing, placement, array parallelism and time limits belong to submitit
-and the cluster, and resuming belongs to the runner, which submits only the (method, seed)
-pairs whose records are missing or failed. There is no scheduler, queue or RPC here.
+One job (``bench.execution.job.TrainJob``) is one trained model — (dataset, model, method
+preparation, budget, seed) — together with every compression target still missing for that
+(method, seed); ``bench.execution.job.run_job`` runs it and returns its ``Record``s. This module
+only submits, waits and collects: queueing, placement, array parallelism and time limits belong
+to submitit and the cluster; planning and resuming belong to the runner, which hands over only
+the (method, seed) pairs whose records are missing or failed. There is no scheduler, queue or RPC
+here, and nothing here calls back into the runner.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -26,13 +25,10 @@ from typing import Any
 import torch
 
 import bench
-from bench import data as data_mod
-from bench import runner
-from bench.budget import Target
-from bench.errors import UsageError
-from bench.presets import Preset
-from bench.registry import METHODS
-from bench.results import Record
+from bench.catalog import data as data_mod
+from bench.execution.job import TrainJob, run_job
+from bench.records.errors import UsageError
+from bench.records.results import Record
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "submitit")
@@ -96,49 +92,12 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TrainJob:
-    """One trained model and the targets still to measure on it; pickled to the worker as it is.
-
-    Holds names and paths only, never tensors: the worker loads the data set itself and
-    shares ``cache_dir`` (which must be reachable from the worker) with every other job.
-    """
-
-    preset: Preset
-    method: str
-    seed: int
-    targets: tuple[Target, ...]
-    cache_dir: str
-    data_dir: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} seed {self.seed}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Finished:
     """A job that ended: its records, or why it produced none (``error``)."""
 
     job: TrainJob
     records: tuple[Record, ...] = ()
     error: str | None = None
-
-
-def train_job(job: TrainJob) -> list[Record]:
-    """Run one job where it lands: load the data set, train or load the model, measure every target.
-
-    This is the function submitit pickles (by reference, so the worker must be able to import
-    ``bench``). A failure of one target is a failed record inside the list; a failure of the
-    job itself (data missing, no CUDA on the node, training diverged) is raised, and the
-    harness records it for each of the job's targets.
-    """
-    preset = job.preset
-    if torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preset.device!r} requested but CUDA is not available on {socket.gethostname()}")
-    data_dir = Path(job.data_dir) if job.data_dir is not None else None
-    data = data_mod.load(preset.dataset, data_dir=data_dir, download=False).to(preset.device)
-    return runner.run_method(preset, METHODS.get(job.method), data, list(job.targets), job.seed, progress=False,
-                             cache_dir=Path(job.cache_dir))
 
 
 def require_submitit() -> ModuleType:
@@ -197,8 +156,7 @@ def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool) -> 
     try:
         for job in jobs:
             try:
-                records = runner.run_method(preset, METHODS.get(job.method), data, list(job.targets), job.seed,
-                                            progress=progress, cache_dir=Path(job.cache_dir))
+                records = run_job(job, data, progress=progress)
             except Exception as err:  # one failing method must not sink the others
                 log.exception("%s failed", job.label)
                 yield Finished(job=job, error=f"{type(err).__name__}: {err}")
@@ -214,7 +172,7 @@ def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool) -> 
 def _parameters(config: ExecutorConfig, cuda: bool) -> dict[str, Any]:
     """``AutoExecutor.update_parameters`` keywords for ``config``."""
     gpus = config.gpus_per_job if config.gpus_per_job is not None else int(cuda)
-    # The worker unpickles train_job by reference, so it must import this checkout: put the
+    # The worker unpickles run_job by reference, so it must import this checkout: put the
     # folder holding the ``bench`` package first on its path (a no-op when it is installed).
     root = Path(bench.__file__).resolve().parent.parent
     setup = [f"export PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}"]
@@ -255,7 +213,7 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
     folder = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     executor = submitit.AutoExecutor(folder=folder, cluster=config.cluster)
     executor.update_parameters(**_parameters(config, torch.device(preset.device).type == "cuda"))
-    handles = executor.map_array(train_job, list(jobs))
+    handles = executor.map_array(run_job, list(jobs))
     echo(f"submitted {len(handles)} job(s) to submitit ({config.cluster}): "
          f"{', '.join(h.job_id for h in handles)}; logs in {folder}")
     if config.max_parallel is not None and config.cluster != "slurm":

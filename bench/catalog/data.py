@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import UsageError
-from bench.registry import DATASETS
+from bench.catalog.registry import DATASETS
+from bench.records.errors import UsageError
 
 SPLIT_SEED = 20240503  # fixed: the splits never depend on the run's seed
 VAL_SIZE = 5_000  # images carved from each official train split for validation

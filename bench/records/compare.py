@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
+from bench.records.sources import load
 
 DEFAULT_ACC_TOL = 0.01  # a fraction, like the records' accuracies: 0.01 = 1 percentage point
 COUNTS = (("params", "params"), ("macs", "MACs"), ("dense_params", "dense params"), ("dense_macs", "dense MACs"))
@@ -81,50 +82,18 @@ def compare(reference: Iterable[Any], new: Iterable[Any], *, acc_tol: float = DE
                          "(results.jsonl, a run folder, or a pytest-benchmark JSON)")
     problems: list[str] = []
     notes: list[str] = []
-
     ref_hashes = sorted({r.get("config_hash", "") for r in ref.values()})
     new_hashes = sorted({r.get("config_hash", "") for r in got.values()})
     if got and ref_hashes != new_hashes:
         problems.append(f"config hash changed: reference {', '.join(ref_hashes)}, new {', '.join(new_hashes)} "
                         "(the preset's dataset, model or budget changed: numbers are not comparable; "
                         "regenerate the reference if the change is intended)")
-
-    missing = [k for k in ref if k not in got]
-    if missing and not partial:
-        gone_methods = {k[:3] for k in missing} - {k[:3] for k in got}
-        for dataset, model, method in sorted(gone_methods):
-            n = sum(k[:3] == (dataset, model, method) for k in ref)
-            problems.append(f"{dataset}/{model} {method}: method disappeared ({n} reference cells have no result)")
-        problems += [f"{_name(k)}: missing (in the reference, not in the new run)"
-                     for k in missing if k[:3] not in gone_methods]
-    elif missing:
-        notes.append(f"{len(missing)} reference cells not in this (filtered) run were not checked")
-
+    _missing(ref, got, partial, problems, notes)
     checked = 0
     for key, r in ref.items():
-        n = got.get(key)
-        if n is None:
-            continue
-        checked += 1
-        name = _name(key)
-        if r.get("status") == "ok" and n.get("status") != "ok":
-            problems.append(f"{name}: was ok, now {n.get('status')} ({n.get('reason') or 'no reason recorded'})")
-            continue
-        if r.get("status") != "ok" or n.get("status") != "ok":
-            if r.get("status") != n.get("status"):
-                notes.append(f"{name}: was {r.get('status')}, now {n.get('status')}")
-            continue
-        for field, what in ACCURACIES:
-            a, b = r.get(field), n.get(field)
-            if a is not None and b is not None and b < a - acc_tol - 1e-12:
-                problems.append(f"{name}: {what} fell {(a - b) * 100:.2f} pp ({a * 100:.2f}% → {b * 100:.2f}%; "
-                                f"tolerance {acc_tol * 100:.2f} pp)")
-        for field, what in COUNTS:
-            a, b = r.get(field), n.get(field)
-            if a != b:
-                problems.append(f"{name}: {what} changed {a} → {b} (counts are deterministic: any change is a "
-                                "change of method or counter)")
-
+        if key in got:
+            checked += 1
+            _cell(_name(key), r, got[key], acc_tol, problems, notes)
     extra = [k for k in got if k not in ref]
     if extra:
         notes.append(f"{len(extra)} cells are not in the reference and were not checked "
@@ -139,13 +108,49 @@ def compare(reference: Iterable[Any], new: Iterable[Any], *, acc_tol: float = DE
     return Comparison(problems=tuple(problems), notes=tuple(notes), cells=checked)
 
 
+def _missing(ref: Mapping[tuple, Any], got: Mapping[tuple, Any], partial: bool, problems: list[str],
+             notes: list[str]) -> None:
+    """Reference cells absent from the new run: a problem (once per method when the whole method is
+    gone), or a note when the run is ``partial``."""
+    missing = [k for k in ref if k not in got]
+    if missing and not partial:
+        gone_methods = {k[:3] for k in missing} - {k[:3] for k in got}
+        for dataset, model, method in sorted(gone_methods):
+            n = sum(k[:3] == (dataset, model, method) for k in ref)
+            problems.append(f"{dataset}/{model} {method}: method disappeared ({n} reference cells have no result)")
+        problems += [f"{_name(k)}: missing (in the reference, not in the new run)"
+                     for k in missing if k[:3] not in gone_methods]
+    elif missing:
+        notes.append(f"{len(missing)} reference cells not in this (filtered) run were not checked")
+
+
+def _cell(name: str, r: Mapping[str, Any], n: Mapping[str, Any], acc_tol: float, problems: list[str],
+          notes: list[str]) -> None:
+    """One cell: a status that got worse, an accuracy fallen beyond ``acc_tol``, a count that changed."""
+    if r.get("status") == "ok" and n.get("status") != "ok":
+        problems.append(f"{name}: was ok, now {n.get('status')} ({n.get('reason') or 'no reason recorded'})")
+        return
+    if r.get("status") != "ok" or n.get("status") != "ok":
+        if r.get("status") != n.get("status"):
+            notes.append(f"{name}: was {r.get('status')}, now {n.get('status')}")
+        return
+    for field, what in ACCURACIES:
+        a, b = r.get(field), n.get(field)
+        if a is not None and b is not None and b < a - acc_tol - 1e-12:
+            problems.append(f"{name}: {what} fell {(a - b) * 100:.2f} pp ({a * 100:.2f}% → {b * 100:.2f}%; "
+                            f"tolerance {acc_tol * 100:.2f} pp)")
+    for field, what in COUNTS:
+        a, b = r.get(field), n.get(field)
+        if a != b:
+            problems.append(f"{name}: {what} changed {a} → {b} (counts are deterministic: any change is a "
+                            "change of method or counter)")
+
+
 def compare_paths(reference: str | Path, new: str | Path, *, acc_tol: float = DEFAULT_ACC_TOL) -> Comparison:
     """``compare`` on two sources (run folders, results JSONL or pytest-benchmark JSON files).
 
-    Raises ``UsageError`` for a missing or unreadable source, as ``reports.sources.load`` does.
+    Raises ``UsageError`` for a missing or unreadable source, as ``bench.records.sources.load`` does.
     """
-    from reports.sources import load
-
     return compare(load([reference]).records, load([new]).records, acc_tol=acc_tol)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from bench.errors import UsageError
-from bench.registry import MODELS
+from bench.catalog.registry import MODELS
+from bench.records.errors import UsageError
 
 TIMM_PREFIX = "timm:"
 

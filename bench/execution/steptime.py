@@ -6,7 +6,7 @@ the median of the per-round ratios, with its interquartile range. On CUDA each s
 with CUDA events; on CPU with ``perf_counter``. Inputs are random tensors of the data set's
 shape: step time does not depend on the values.
 
-``python -m bench.steptime --device cuda --models vgg16,vit --n 3`` prints a table and, with
+``python -m bench.execution.steptime --device cuda --models vgg16,vit --n 3`` prints a table and, with
 ``--out FILE``, writes the measurements as JSON (the GPU evidence script's step-time table).
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lorita
-from bench.models import build
+from bench.catalog.models import build
 
 Step = Callable[[], None]
 
@@ -144,7 +144,7 @@ def n_vs_1(model_name: str, n: int, *, device: str, batch_size: int, input_shape
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.steptime", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.execution.steptime", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="vgg16,resnet20,vit", help="comma-separated registered models")
     ap.add_argument("--n", type=int, default=3, help="LoRITa factors compared with N=1 (default 3)")
     ap.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")

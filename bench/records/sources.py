@@ -2,7 +2,7 @@
 
 Both formats carry the same record fields (DESIGN: the benchmark JSON's ``extra_info`` is the
 Record), so every report and the regression gate work from either. Plain dicts throughout:
-this module imports neither torch nor the harness.
+this module imports neither torch nor anything of the harness outside ``bench.records``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
+from bench.records.results import BENCH_KEY, CONFIG, RESULTS
 
-RESULTS = "results.jsonl"  # the runner's file names (bench.runner.RESULTS, CONFIG), kept torch-free here
-CONFIG = "config.json"
-BENCH_KEY = "lorita_bench"  # top-level key the suite adds to pytest-benchmark's JSON (preset and config)
 ACCEPTED = "a run folder holding results.jsonl, a results .jsonl file, or a pytest-benchmark .json file"
 
 

@@ -1,4 +1,8 @@
-"""``Record``: one row per (dataset, model, method, target, seed), kept in append-only JSONL."""
+"""``Record``: one row per (dataset, model, method, target, seed), kept in append-only JSONL.
+
+Also the names of the files a run folder holds, written by ``bench.execution.runner`` and the
+suite and read by ``bench.records.sources``: the one place they are spelled.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from pathlib import Path
 from typing import IO, Any
 
 STATUSES = ("ok", "failed", "skipped")
+RESULTS = "results.jsonl"  # a run folder's records, one JSON object a line
+CONFIG = "config.json"  # a run folder's resolved preset (and its published numbers)
+BENCH_KEY = "lorita_bench"  # top-level key the suite adds to pytest-benchmark's JSON (preset and config)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""The one training loop every method uses. Read it top to bottom.
+"""The one training loop every method uses. Read it top to bottom: ``train``, then the
+``_epoch`` it runs once per epoch.
 
 The data set lives on the training device as tensors; augmentation is batched tensor ops
 there (no per-image Python). Options that change speed, not the recipe, are arguments:
@@ -13,15 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import distributed
-from bench.budget import Budget
-from bench.data import Splits
-from bench.errors import TrainingDiverged
+from bench.catalog.budget import Budget
+from bench.catalog.data import Splits
+from bench.execution import distributed
+from bench.records.errors import TrainingDiverged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +137,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     ``backward()`` and ``step()`` (sparsity regularizers of pruning methods). On CUDA,
     ``amp`` trains under bf16 autocast and ``channels_last`` stores conv nets NHWC; both
     are ignored on CPU. ``compile`` wraps the forward pass in ``torch.compile``. Under
-    ``torchrun`` each rank trains on its share of every batch through DDP (``bench.distributed``).
+    ``torchrun`` each rank trains on its share of every batch through DDP (``bench.execution.distributed``).
     ``keep_best`` evaluates the validation split after every epoch and returns the weights
     of the best epoch beside the last ones: the honest "best epoch", chosen on validation,
     never on test. Raises ``TrainingDiverged`` on a non-finite loss.
@@ -150,13 +152,7 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     nhwc = cuda and channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if nhwc:
         model.to(memory_format=torch.channels_last)
-    ranks, me = distributed.world(), distributed.rank()
-    forward = model
-    if ranks > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device] if cuda else None)
-    forward = torch.compile(forward) if compile else forward
+    forward = _forward(model, device, compile)
     _reset_peak_memory(device)
     start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
     best_val_acc, best_epoch, best_state = float("nan"), 0, None
@@ -165,38 +161,10 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, desc=desc, unit="ep", leave=False)
     model.train()
-    def autocast():
-        return (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else contextlib.nullcontext())
-
     for epoch in range(epochs):
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, budget.batch_size):
-            idx = order[i:i + budget.batch_size]
-            x = data.train_x[idx]
-            if data.augment == "crop-flip":
-                x = augment_crop_flip(x, gen)  # the whole global batch: every rank draws the same
-            y = data.train_y[idx]
-            if ranks > 1:  # this rank's share of the global batch
-                x, y = x[me::ranks], y[me::ranks]
-            if nhwc:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                # Sum over this rank's samples / global batch size, times ranks: DDP's gradient
-                # average then equals the one-process mean over the global batch, exactly.
-                loss = F.cross_entropy(forward(x), y, label_smoothing=budget.label_smoothing,
-                                       reduction="sum") * (ranks / len(idx))
-            # NaN/inf propagate through the sum, checked once per epoch: a per-step check
-            # would synchronize the GPU every step.
-            loss_sum += loss.detach()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(model)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            steps += 1
+        loss_sum, done = _epoch(model, forward, data, budget, opt, sched, gen, nhwc=nhwc, bf16=cuda and amp,
+                                after_backward=after_backward)
+        steps += done
         loss_value = float(loss_sum) / max(1, per_epoch)
         # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
         if not distributed.agree(math.isfinite(loss_value), device):
@@ -216,3 +184,50 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
                       best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state,
                       peak_mem_mb=peak_memory_mb(device))
+
+
+def _forward(model: nn.Module, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module the training forward pass calls: DDP-wrapped under torchrun, compiled if asked."""
+    forward = model
+    if distributed.world() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(forward) if compile else forward
+
+
+def _epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], data: Splits, budget: Budget,
+           opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, *, nhwc: bool, bf16: bool,
+           after_backward: Callable[[nn.Module], None] | None) -> tuple[torch.Tensor, int]:
+    """One pass over a fresh permutation of ``data.train`` drawn from ``gen``: (summed loss, steps)."""
+    n, device = len(data.train_x), data.train_x.device
+    ranks, me = distributed.world(), distributed.rank()
+    loss_sum, steps = torch.zeros((), device=device), 0
+    order = torch.randperm(n, generator=gen).to(device)
+    for i in range(0, n, budget.batch_size):
+        idx = order[i:i + budget.batch_size]
+        x = data.train_x[idx]
+        if data.augment == "crop-flip":
+            x = augment_crop_flip(x, gen)  # the whole global batch: every rank draws the same
+        y = data.train_y[idx]
+        if ranks > 1:  # this rank's share of the global batch
+            x, y = x[me::ranks], y[me::ranks]
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            # Sum over this rank's samples / global batch size, times ranks: DDP's gradient
+            # average then equals the one-process mean over the global batch, exactly.
+            loss = F.cross_entropy(forward(x), y, label_smoothing=budget.label_smoothing,
+                                   reduction="sum") * (ranks / len(idx))
+        # NaN/inf propagate through the sum, checked once per epoch: a per-step check
+        # would synchronize the GPU every step.
+        loss_sum += loss.detach()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(model)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        steps += 1
+    return loss_sum, steps

@@ -12,13 +12,17 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.results import atomic_file
+from bench.catalog.presets import Preset
+from bench.catalog.protocol import Method
+from bench.execution.provenance import code_digest, versions
+from bench.records.results import atomic_file
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -33,6 +37,14 @@ def default_dir() -> Path:
 def cache_key(parts: dict[str, Any]) -> str:
     """Hex digest of everything that determines a trained model (JSON-serializable ``parts``)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
+    """Cache key of the trained model: everything that determines its weights."""
+    return cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
+                      "prepare": method.name, "budget": asdict(preset.budget), "seed": seed,
+                      "device": torch.device(preset.device).type, "amp": preset.amp,
+                      "versions": versions(), "code": code_digest()})
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:

@@ -3,6 +3,9 @@
 Entries are registered with a decorator and a one-line description (timm's
 ``@register_model`` habit); ``lorita-bench list`` prints them. Asking for a name that
 is not registered raises ``UsageError`` naming close matches and every accepted name.
+
+This module is generic and imports no plug-in: as in timm, the package ``bench.catalog``
+imports the modules that fill the tables, so any import of the catalog sees them full.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bench.errors import UsageError
+from bench.records.errors import UsageError
 
 T = TypeVar("T")
 
@@ -73,10 +76,3 @@ MODELS: Registry[Callable[..., Any]] = Registry("model")
 METHODS: Registry[Any] = Registry("method")
 PRESETS: Registry[Any] = Registry("preset")
 
-
-def load_all() -> None:
-    """Import the modules that fill the tables (registration happens at import)."""
-    import bench.data
-    import bench.methods
-    import bench.models
-    import bench.presets  # noqa: F401

@@ -1,0 +1,119 @@
+"""The registered methods: LoRITa at N = 1..4, every pruning baseline of ``baselines.pruning.BASELINES``
+(registered from that one table, with its description and paper), and unstructured magnitude pruning.
+
+Each is a ``bench.catalog.protocol.Method``: settings only, registered under its ``name``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+import lorita
+from baselines import pruning
+from bench.catalog.budget import Target
+from bench.catalog.protocol import Calib, Compressed, Method
+from bench.catalog.registry import METHODS
+from bench.records.errors import NotApplicable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoRITa(Method):
+    """Train with N-factor compositions; merge; truncate the SVD at a global threshold."""
+
+    family: str = "lorita"
+    n: int
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return lorita.overparameterize(model, self.n)
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        return lorita.merge(copy.deepcopy(model))
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        dense = self.dense_reference(model).eval()
+        policy = (lorita.TargetParamsDrop(drop=target.drop) if target.kind == "params"
+                  else lorita.TargetFlopsDrop(drop=target.drop))
+        plan = lorita.truncate(dense, policy, calib.example)
+        deployed = lorita.factorize(dense, plan)
+        macs0, params0 = lorita.count_macs_params(dense, calib.example)
+        macs1, params1 = lorita.count_macs_params(deployed, calib.example)
+        got = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+        return Compressed(model=deployed, achieved_drop=got,
+                          layers={lp.name: lp.rank for lp in plan.layers})
+
+
+def _register(method: Method, *, description: str, paper: str) -> None:
+    METHODS.add(method.name, method, family=method.family, description=description, paper=paper)
+
+
+for _n in (1, 2, 3, 4):
+    _register(LoRITa(name=f"lorita-n{_n}", n=_n),
+              description=(f"LoRITa with N={_n}: train as {_n}-factor compositions, merge, global SVD "
+                             "truncation" if _n > 1 else
+                             "LoRITa N=1: standard training + global SVD truncation (low-rank baseline)"),
+                paper="Zhang, Alkhouri, Wang, TMLR (arXiv 2405.03089)")
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+            for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchPruning(Method):
+    """Pre-train (with the baseline's sparsity regularizer, if any), prune once to the target, fine-tune."""
+
+    family: str = "pruning"
+    baseline: pruning.Baseline
+
+    def skip_reason(self, model: nn.Module) -> str | None:
+        if self.baseline.needs_batchnorm and not pruning.has_batchnorm(model):
+            return f"{self.name} ranks channels by BatchNorm scales and this model has no BatchNorm"
+        return None
+
+    def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
+        return pruning.sparsity_regularizer(model, calib.example, self.baseline,
+                                            ignored=[calib.head] if calib.head else [])
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        pruned, got = pruning.prune_to_target(
+            model, calib.example, kind=target.kind, drop=target.drop, baseline=self.baseline,
+            ignored=[calib.head] if calib.head else [], calib=(calib.batch_x, calib.batch_y))
+        return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned))
+
+
+for _name, _baseline in pruning.BASELINES.items():
+    _register(TorchPruning(name=_name, baseline=_baseline), description=_baseline.description + " (torch-pruning)",
+              paper=_baseline.paper)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MagnitudeUnstructured(Method):
+    """Global unstructured weight magnitude pruning; masks kept through fine-tuning."""
+
+    name: str = "magnitude-unstructured"
+    family: str = "pruning"
+    note = ("unstructured: Params↓ counts zeroed weights as removed; FLOPs and latency are measured on the "
+            "dense kernels it runs with, so no speed-up is claimed")
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        if target.kind != "params":
+            raise NotApplicable("unstructured sparsity removes no FLOPs on dense kernels; use a params target")
+        pruned, got = pruning.magnitude_unstructured(model, target.drop)
+        return Compressed(model=pruned, achieved_drop=got, note=self.note)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return pruning.make_permanent(model)
+
+    def deployed_params(self, model: nn.Module, counted: int) -> int:
+        return pruning.nonzero_params(model)
+
+
+_register(MagnitudeUnstructured(),
+          description="global unstructured L1 weight magnitude (torch.nn.utils.prune); zeros counted as "
+          "removed, FLOPs/latency on dense kernels",
+          paper="Han et al., Learning both Weights and Connections, NeurIPS 2015")

@@ -1,0 +1,86 @@
+"""The ``Method`` protocol every registered method follows, and what its steps take and give.
+
+A job (``bench.execution.job``) calls, in order: ``skip_reason(model)``; ``prepare(model)``;
+``regularizer(model, calib)`` once, then training for ``budget.train_epochs``;
+``dense_reference(model)``; then for each target ``compress(model, target, calib)``, the same
+``budget.finetune_epochs`` of fine-tuning for every method, ``finalize`` and
+``deployed_params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.catalog.budget import Target
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calib:
+    """What ``compress`` may look at: data from the *train* split only, and the head's name.
+
+    ``example`` is one input sample (for tracing and counting); ``batch_x``/``batch_y`` a
+    labelled calibration batch (for gradient-based importances such as Taylor or Hessian).
+    """
+
+    example: torch.Tensor
+    batch_x: torch.Tensor
+    batch_y: torch.Tensor
+    num_classes: int
+    head: str | None  # qualified name of the classifier layer, whose output width is never pruned
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compressed:
+    model: nn.Module
+    achieved_drop: float
+    layers: dict[str, Any] = field(default_factory=dict)  # per-layer ranks or widths
+    note: str = ""  # caveat the report must show (e.g. "sparse weights run on dense kernels")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Method:
+    """A registered compression method. Subclasses hold settings only, never run state.
+
+    ``name`` is the registered name, ``family`` one of "lorita", "pruning" or "dense", and
+    ``n`` LoRITa's number of factors N (``None`` for every other family): plain fields,
+    copied into every record.
+    """
+
+    name: str
+    family: str
+    n: int | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model to train (e.g. over-parameterized); may modify ``model`` in place."""
+        return model
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        """The trained model in the original architecture: the baseline of every drop."""
+        return model
+
+    def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
+        """Called once before training; the returned function (if any) runs after every
+        ``loss.backward()`` and before ``optimizer.step()`` (e.g. a sparsity regularizer's
+        gradient term, as torch-pruning's ``pruner.regularize(model)``). Same steps either way."""
+        return None
+
+    def skip_reason(self, model: nn.Module) -> str | None:
+        """Why this method cannot apply to ``model`` (``None`` when it can)."""
+        return None
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The model as deployed, after fine-tuning (e.g. pruning masks made permanent)."""
+        return model
+
+    def deployed_params(self, model: nn.Module, counted: int) -> int:
+        """Parameters the deployed model really keeps; ``counted`` is torch-pruning's count."""
+        return counted
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        """The deployed model at ``target``; raises ``NotApplicable`` for a target it cannot meet."""
+        raise NotImplementedError

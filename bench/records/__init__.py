@@ -1,0 +1,10 @@
+"""Records, torch-free: the ``Record`` and its JSONL file, the errors that become a record's status,
+the file names of a run folder, reading records back from any source, and the regression gate.
+
+    results.py  Record, atomic JSONL append, RESULTS / CONFIG / BENCH_KEY file and key names
+    errors.py   UsageError (bad input, one line), TrainingDiverged (failed), NotApplicable (skipped)
+    sources.py  records from run folders, results JSONL and pytest-benchmark JSON
+    compare.py  the regression gate: new records against a reference, cell by cell
+
+Nothing here imports torch or another part of ``bench``, so ``reports`` sits strictly above it.
+"""
