@@ -194,7 +194,8 @@ def test_iso_accuracy_picks_the_largest_drop_within_each_tolerance(report):
     # lorita-n1 loses 3·drop pp on seed 0: nothing within 0.5 pp.
     assert iso[("lorita-n1", "fine-tuned")].within[0][1:] == (None, None)
     text = (report / "report.md").read_text()
-    assert "| lorita-n1 | 1 | fine-tuned | 95.20 | – | – |" in text
+    # with two seeds its 50 % point (−1.8 ± 4.1 pp) could come within 0.5 pp: "–" marked †
+    assert "| lorita-n1 | 1 | fine-tuned | 95.20 | –† | –† |" in text
     assert "FLOPs↓ @ ΔAcc ≥ −0.5 pp (acc)" in text
 
 
