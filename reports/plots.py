@@ -76,24 +76,53 @@ def _method_order(records: Iterable[Rec]) -> list[str]:
     return sorted(first, key=lambda m: (FAMILY_ORDER.get(first[m].get("family", ""), 9), first[m].get("n") or 0, m))
 
 
-def _styles(records: Sequence[Rec]) -> dict[str, dict[str, Any]]:
-    """Colour, marker and legend label per method, the same in every figure of one report."""
-    import seaborn as sns
+# Hue families: LoRITa blues to purples by N, pruning oranges, reds, greens and browns, anything
+# else teal; black is the reference model alone (so no method is grey or black).
+LORITA_COLORS = ("#56B4E9", "#0072B2", "#3B3B98", "#7B4FB8", "#B48AD8", "#1B2A6B")
+PRUNING_COLORS = ("#E69F00", "#009E73", "#B2182B", "#8C510A", "#CC79A7", "#D55E00", "#66A61E", "#F4A582",
+                  "#1B7837", "#FDB863")  # the first four as far apart as the warm/green range allows
+OTHER_COLORS = ("#00A6A6", "#5AAE61", "#878787")
+REFERENCE_COLOR = "black"
 
+
+def _styles(records: Sequence[Rec]) -> dict[str, dict[str, Any]]:
+    """Colour, marker and legend label per method, the same in every figure of one report: LoRITa
+    in blues and purples ordered by N, pruning in warm colours and greens, each method its own."""
     methods = _method_order(records)
     family = {r["method"]: r.get("family", "") for r in records}
-    colors = sns.color_palette("colorblind", max(len(methods), 1))
+    n = {r["method"]: r.get("n") for r in records}
     markers = {"lorita": "o", "pruning": "s"}
     lines = {"lorita": "-", "pruning": "--"}
-    return {m: {"color": colors[i], "marker": markers.get(family[m], "^"), "ls": lines.get(family[m], ":"),
-                "label": m} for i, m in enumerate(methods)}
-
-
-def _by_model(records: Iterable[Rec]) -> dict[tuple[str, str], list[Rec]]:
-    out: dict[tuple[str, str], list[Rec]] = {}
-    for r in records:
-        out.setdefault((r["dataset"], r["model"]), []).append(r)
+    out, used = {}, {"lorita": 0, "pruning": 0, "": 0}
+    for m in methods:
+        fam = family[m] if family[m] in ("lorita", "pruning") else ""
+        palette = {"lorita": LORITA_COLORS, "pruning": PRUNING_COLORS}.get(fam, OTHER_COLORS)
+        color = palette[used[fam] % len(palette)]
+        used[fam] += 1
+        label = f"{m} (N={n[m]})" if fam == "lorita" and n[m] is not None and f"n{n[m]}" not in m else m
+        out[m] = {"color": color, "marker": markers.get(fam, "^"), "ls": lines.get(fam, ":"), "label": label}
     return out
+
+
+def _by_model(records: Iterable[Rec]) -> dict[tuple[str, str, str], list[Rec]]:
+    """Records per (config hash, dataset, model): configurations are never drawn together."""
+    out: dict[tuple[str, str, str], list[Rec]] = {}
+    for r in records:
+        out.setdefault((r.get("config_hash") or "", r["dataset"], r["model"]), []).append(r)
+    return dict(sorted(out.items()))  # the tables' order
+
+
+def _naming(groups: Iterable[tuple[str, str, str]]) -> Callable[[tuple[str, str, str]], tuple[str, str]]:
+    """(file stem suffix, title) per group; the config hash is named only when there are several."""
+    several = len({g[0] for g in groups}) > 1
+
+    def name(g: tuple[str, str, str]) -> tuple[str, str]:
+        h, dataset, model = g
+        if several:
+            return f"{dataset}_{model}_{h or 'unknown'}", f"{dataset} / {model} (config {h or 'unknown'})"
+        return f"{dataset}_{model}", f"{dataset} / {model}"
+
+    return name
 
 
 def _ok(records: Iterable[Rec]) -> list[Rec]:
@@ -111,82 +140,117 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
     return sorted(front)
 
 
-def _mean_points(rs: Sequence[Rec], x_key: str) -> list[tuple[float, float]]:
+def _mean_points(rs: Sequence[Rec], x_key: str, y_key: str = "acc") -> list[tuple[float, float]]:
     cells: dict[tuple, list[Rec]] = {}
     for r in rs:
-        cells.setdefault((r["target_kind"], r["target_drop"]), []).append(r)
-    return [(statistics.fmean(r[x_key] * 100 for r in c), statistics.fmean(r["acc"] * 100 for r in c))
+        if r.get(y_key) is not None:
+            cells.setdefault((r["target_kind"], r["target_drop"]), []).append(r)
+    return [(statistics.fmean(r[x_key] * 100 for r in c), statistics.fmean(r[y_key] * 100 for r in c))
             for c in cells.values()]
+
+
+def _reference_acc(rs: Sequence[Rec]) -> tuple[float | None, str]:
+    """The reference line: the mean over seeds of ``ref_acc`` (one per seed), or for records
+    without it the mean of the methods' own dense accuracies, with its legend label."""
+    refs = {r["seed"]: r["ref_acc"] for r in rs if r.get("ref_acc") is not None}
+    if refs:
+        return statistics.fmean(refs.values()) * 100, "reference (plainly trained dense model)"
+    base = [r["base_acc"] * 100 for r in rs if r.get("base_acc") is not None]
+    return (statistics.fmean(base), "dense (mean of the methods' dense models; no ref_acc)") if base else (None, "")
 
 
 ACC_WINDOW_PP = 15.0  # the accuracy axis reaches this far below the dense accuracy; lower points sit on its edge
 NO_SAVING = 0.005  # a method whose FLOPs↓ never exceeds this saves no FLOPs (e.g. unstructured sparsity)
+STAGE_FIELDS = (("acc", "after fine-tuning"), ("acc_zero_shot", "zero-shot (before fine-tuning)"))
 
 
 def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
-    """Accuracy vs FLOPs↓ and vs Params↓ per (dataset, model): every run as a faint point, each
-    operating point's mean as a marker, and each method's Pareto front as a line.
+    """Accuracy vs FLOPs↓ and vs Params↓ per (config, dataset, model), fine-tuned in the top row
+    and zero-shot (before fine-tuning) in the bottom row when the records carry it: every run as
+    a faint point, each operating point's mean as a marker, each method's Pareto front as a line,
+    and the reference model's accuracy as a black line. Both rows share the accuracy axis.
 
-    A collapsed operating point (more than ``ACC_WINDOW_PP`` below the dense accuracy) would
-    squash every other point into a sliver, so it is drawn on the axis' lower edge as ▼ with
-    its accuracy written beside it. A method that saves no FLOPs is left out of the FLOPs panel
-    (named in a corner of it) instead of stretching its axis to 0.
+    A collapsed operating point (more than ``ACC_WINDOW_PP`` below the reference accuracy)
+    would squash every other point into a sliver, so it is drawn on the axis' lower edge as ▼
+    with its accuracy written beside it. A method that saves no FLOPs is left out of the FLOPs
+    panel (named in a corner of it) instead of stretching its axis to 0.
     """
     ok = [r for r in _ok(records) if r.get("acc") is not None]
     styles = _styles(ok)
+    groups = _by_model(ok)
+    name = _naming(groups)
     plots = []
-    for (dataset, model), rs in _by_model(ok).items():
-        base = [r["base_acc"] * 100 for r in rs if r.get("base_acc") is not None]
-        top = max([r["acc"] * 100 for r in rs] + base)
-        floor = statistics.fmean(base) - ACC_WINDOW_PP if base else -math.inf
-        if min(r["acc"] * 100 for r in rs) >= floor:
+    for g, rs in groups.items():
+        stem, where = name(g)
+        stages = [(k, t) for k, t in STAGE_FIELDS if any(r.get(k) is not None for r in rs)]
+        ref, ref_label = _reference_acc(rs)
+        accs = [r[k] * 100 for r in rs for k, _ in stages if r.get(k) is not None]
+        top = max(accs + ([ref] if ref is not None else []))
+        floor = ref - ACC_WINDOW_PP if ref is not None else -math.inf
+        if min(accs) >= floor:
             floor = -math.inf  # nothing to pin: let matplotlib fit the data
         with _style():
-            fig, axes = _figure(1, 2, 11, 4.6)
-            for ax, key, label in ((axes[0], "flops_drop", "FLOPs↓ (%)"), (axes[1], "params_drop", "Params↓ (%)")):
-                left_out = []
-                for method in _method_order(rs):
-                    mine = [r for r in rs if r["method"] == method and r.get(key) is not None]
-                    if not mine:
-                        continue
-                    if key == "flops_drop" and max(r[key] for r in mine) <= NO_SAVING:
-                        left_out.append(method)
-                        continue
-                    st = styles[method]
-                    ax.scatter([r[key] * 100 for r in mine], [max(r["acc"] * 100, floor) for r in mine],
-                               color=st["color"], marker=st["marker"], alpha=0.25, s=18, linewidths=0)
-                    pts = _mean_points(mine, key)
-                    shown = [(x, max(y, floor)) for x, y in pts]
-                    ax.scatter(*zip(*shown, strict=True), color=st["color"], marker=st["marker"], s=36,
-                               edgecolors="white", linewidths=0.6, zorder=3)
-                    for x, y in pts:
-                        if y < floor:
-                            ax.scatter([x], [floor], color=st["color"], marker="v", s=60, zorder=4)
-                            ax.annotate(f"{method} {y:.1f}%", (x, floor), textcoords="offset points",
-                                        xytext=(-6, 2), ha="right", fontsize="x-small", color="0.25")
-                    front = [(x, max(y, floor)) for x, y in pareto_front(pts)]
-                    ax.plot(*zip(*front, strict=True), color=st["color"], ls=st["ls"], lw=1.6, label=st["label"],
-                            zorder=2)
-                if base:
-                    ax.axhline(statistics.fmean(base), color="0.4", ls=(0, (1, 2)), lw=1.2,
-                               label="dense (mean of the methods' dense models)")
-                if math.isfinite(floor):
-                    ax.set_ylim(floor - 1.0, top + 0.8)
-                if left_out:
-                    ax.text(0.02, 0.03, f"not drawn (no FLOPs saved): {', '.join(left_out)}", transform=ax.transAxes,
-                            fontsize="x-small", color="0.3")
-                ax.set_xlabel(label)
-                ax.set_ylabel("Top-1 test accuracy (%)")
+            fig, axes = _figure(len(stages), 2, 11, 4.2 * len(stages) + 0.4)
+            for row, (acc_key, stage) in enumerate(stages):
+                for col, (key, label) in enumerate((("flops_drop", "FLOPs↓ (%)"), ("params_drop", "Params↓ (%)"))):
+                    ax = axes[2 * row + col]
+                    left_out = []
+                    for method in _method_order(rs):
+                        mine = [r for r in rs if r["method"] == method and r.get(key) is not None
+                                and r.get(acc_key) is not None]
+                        if not mine:
+                            continue
+                        if key == "flops_drop" and max(r[key] for r in mine) <= NO_SAVING:
+                            left_out.append(method)
+                            continue
+                        st = styles[method]
+                        ax.scatter([r[key] * 100 for r in mine], [max(r[acc_key] * 100, floor) for r in mine],
+                                   color=st["color"], marker=st["marker"], alpha=0.25, s=18, linewidths=0)
+                        pts = _mean_points(mine, key, acc_key)
+                        shown = [(x, max(y, floor)) for x, y in pts]
+                        ax.scatter(*zip(*shown, strict=True), color=st["color"], marker=st["marker"], s=36,
+                                   edgecolors="white", linewidths=0.6, zorder=3)
+                        for x, y in pts:
+                            if y < floor:
+                                ax.scatter([x], [floor], color=st["color"], marker="v", s=60, zorder=4)
+                                ax.annotate(f"{method} {y:.1f}%", (x, floor), textcoords="offset points",
+                                            xytext=(-6, 2), ha="right", fontsize="x-small", color="0.25")
+                        front = [(x, max(y, floor)) for x, y in pareto_front(pts)]
+                        ax.plot(*zip(*front, strict=True), color=st["color"], ls=st["ls"], lw=1.6,
+                                label=st["label"], zorder=2)
+                    if ref is not None:
+                        ax.axhline(ref, color=REFERENCE_COLOR, ls=(0, (1, 2)), lw=1.3, label=ref_label)
+                    if math.isfinite(floor):
+                        ax.set_ylim(floor - 1.0, top + 0.8)
+                    if left_out:
+                        ax.text(0.02, 0.03, f"not drawn (no FLOPs saved): {', '.join(left_out)}",
+                                transform=ax.transAxes, fontsize="x-small", color="0.3")
+                    ax.set_title(stage, fontsize="medium")
+                    ax.set_xlabel(label)
+                    ax.set_ylabel("Top-1 test accuracy (%)")
+            if not math.isfinite(floor):
+                lo, hi = min(ax.get_ylim()[0] for ax in axes), max(ax.get_ylim()[1] for ax in axes)
+                for ax in axes:
+                    ax.set_ylim(lo, hi)  # zero-shot and fine-tuned on one scale, so the rows compare
             _legend(fig, axes[1])
-            fig.suptitle(f"{dataset} / {model}: accuracy vs compression (lines: each method's Pareto front)")
-            plots.append(_save(fig, out_dir, f"accuracy-vs-drop_{dataset}_{model}",
-                               f"Accuracy vs FLOPs↓ and Params↓ — {dataset} / {model}",
-                               "Faint points are single runs, solid markers the mean over seeds of each operating "
-                               "point; a method's line joins its Pareto-optimal points (no other point of the same "
-                               "method has both a larger drop and a higher accuracy); solid lines LoRITa, dashed "
-                               "pruning. Up and right is better. ▼ marks a point below the axis, its accuracy "
-                               "written beside it."))
+            fig.suptitle(f"{where}: accuracy vs compression (lines: each method's Pareto front)")
+            zero = ("; bottom row: zero-shot, the compressed model before any fine-tuning, on the same scale"
+                    if len(stages) > 1 else "; the records carry no zero-shot accuracy")
+            plots.append(_save(fig, out_dir, f"accuracy-vs-drop_{stem}",
+                               f"Accuracy vs FLOPs↓ and Params↓ — {where}",
+                               "Top row: after fine-tuning" + zero + ". Faint points are single runs, solid "
+                               "markers the mean over seeds of each operating point; a method's line joins its "
+                               "Pareto-optimal points (no other point of the same method has both a larger drop "
+                               "and a higher accuracy); solid lines LoRITa (blues and purples by N), dashed pruning "
+                               "(warm colours and greens); the black dotted line is the reference accuracy. Up and "
+                               "right is better. ▼ marks a point below the axis, its accuracy written beside it."))
     return plots
+
+
+def layer_name(name: str) -> str:
+    """A layer's module name as the records spell it; a bare index (a child of an nn.Sequential,
+    such as the FCN's "1") is shown as ``model[1]`` so that it does not read as an ordinal."""
+    return f"model[{name}]" if str(name).isdigit() else str(name)
 
 
 def _normalized(values: Sequence[float]) -> list[float]:
@@ -208,12 +272,16 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
         # would only hide that line.
         have = [r for r in have if r.get("family") == "lorita"]
     styles = _styles(have)
+    groups = _by_model(have)
+    name = _naming(groups)
     plots = []
-    for (dataset, model), rs in _by_model(have).items():
+    for g, rs in groups.items():
+        stem, where = name(g)
         per_method: dict[str, Rec] = {}
         for r in sorted(rs, key=lambda r: r["seed"]):
             per_method.setdefault(r["method"], r)
-        layers = list(dict.fromkeys(name for r in per_method.values() for name in r["spectra"]))
+        layers = list(dict.fromkeys(layer for r in per_method.values() for layer in r["spectra"]))
+        position = {layer: i + 1 for i, layer in enumerate(layers)}
         total = len(layers)
         if total > MAX_SPECTRA_PANELS:
             # A ResNet-56 has 57 layers: a panel each makes a huge figure that takes tens of
@@ -226,27 +294,35 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
         with _style():
             fig, axes = _figure(nrows, ncols, 3.2 * ncols + 0.6, 2.9 * nrows + 0.5)
             for ax, layer in zip(axes, layers, strict=False):
+                width = 0
                 for method in _method_order(per_method.values()):
                     r = per_method[method]
                     if layer not in r["spectra"]:
                         continue
                     sv = _normalized(r["spectra"][layer])
+                    width = max(width, len(sv))
                     label = f"N={r['n']} ({method})" if r.get("family") == "lorita" else method
                     ax.semilogy(range(1, len(sv) + 1), [max(v, 1e-8) for v in sv], color=styles[method]["color"],
                                 lw=1.4, label=label)
-                ax.set_title(f"layer {layer}", fontsize="medium")
+                # The record's own layer name (module path), then where it sits among the compressible
+                # layers: "1" alone reads as "first layer" in an nn.Sequential where it is the first Linear.
+                ax.set_title(f"{layer_name(layer)} — #{position[layer]} of {total}, {width} σ", fontsize="medium")
                 ax.set_xlabel("index i")
                 ax.set_ylabel("σᵢ / σ₁")
                 ax.set_ylim(1e-4, 1.5)
             for ax in axes[len(layers):]:
                 ax.set_visible(False)
             _legend(fig, axes[0])
-            fig.suptitle(f"{dataset} / {model}: singular values of the trained dense (merged) weights")
-            plots.append(_save(fig, out_dir, f"spectra_{dataset}_{model}",
-                               f"Singular-value decay per layer — {dataset} / {model}",
+            fig.suptitle(f"{where}: singular values of the trained dense (merged) weights")
+            plots.append(_save(fig, out_dir, f"spectra_{stem}",
+                               f"Singular-value decay per layer — {where}",
                                "σᵢ/σ₁ of each compressible layer after training (LoRITa: after merging the N "
-                               "factors; convolutions reshaped out × in·k·k). A faster decay for larger N is the "
-                               "low rank that LoRITa's training induces, and what truncation exploits." + shown))
+                               "factors; convolutions reshaped out × in·k·k). Panel titles are the layers' module "
+                               "names in the model (model[i]: child i of an nn.Sequential, as in the FCN), their "
+                               "position among the compressible layers and their number of singular values. A "
+                               "faster decay for "
+                               "larger N is the low rank that LoRITa's training induces, and what truncation "
+                               "exploits." + shown))
     return plots
 
 
@@ -255,10 +331,13 @@ def kept_layers(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     seeds, as grouped bars per layer, one panel per target."""
     ok = [r for r in _ok(records) if r.get("layers")]
     styles = _styles(ok)
+    groups = _by_model(ok)
+    name = _naming(groups)
     plots = []
-    for (dataset, model), rs in _by_model(ok).items():
+    for g, rs in groups.items():
+        stem, where = name(g)
         targets = sorted({(r["target_kind"], r["target_drop"]) for r in rs})
-        layers = list(dict.fromkeys(name for r in rs for name in r["layers"]))
+        layers = list(dict.fromkeys(layer for r in rs for layer in r["layers"]))
         methods = _method_order(rs)
         width = 0.8 / max(len(methods), 1)
         with _style():
@@ -270,18 +349,18 @@ def kept_layers(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                             if r["method"] == method and (r["target_kind"], r["target_drop"]) == (kind, drop)]
                     if not mine:
                         continue
-                    ys = [statistics.fmean(r["layers"][name] for r in mine if name in r["layers"])
-                          if any(name in r["layers"] for r in mine) else 0 for name in layers]
+                    ys = [statistics.fmean(r["layers"][layer] for r in mine if layer in r["layers"])
+                          if any(layer in r["layers"] for r in mine) else 0 for layer in layers]
                     xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(layers))]
                     ax.bar(xs, ys, width=width * 0.95, color=styles[method]["color"], label=method)
-                ax.set_xticks(range(len(layers)), [str(name) for name in layers])
+                ax.set_xticks(range(len(layers)), [layer_name(layer) for layer in layers])
                 ax.set_title(f"target: {kind} drop {drop * 100:g}%", fontsize="medium")
                 ax.set_ylabel("kept rank / width")
             axes[-1].set_xlabel("layer (module name)")
             _legend(fig, axes[0])
-            fig.suptitle(f"{dataset} / {model}: what each method keeps per layer")
-            plots.append(_save(fig, out_dir, f"kept-per-layer_{dataset}_{model}",
-                               f"Kept rank / channels per layer — {dataset} / {model}",
+            fig.suptitle(f"{where}: what each method keeps per layer")
+            plots.append(_save(fig, out_dir, f"kept-per-layer_{stem}",
+                               f"Kept rank / channels per layer — {where}",
                                "LoRITa: rank kept by the global singular-value threshold; pruning: output "
                                "neurons/channels left by the pruner. Mean over seeds."))
     return plots
@@ -293,8 +372,11 @@ def speedup_vs_theory(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     ok = [r for r in _ok(records) if r.get("flops_drop") is not None and r["flops_drop"] < 1
           and (speedup(r, "1") or speedup(r, "T"))]
     styles = _styles(ok)
+    groups = _by_model(ok)
+    name = _naming(groups)
     plots = []
-    for (dataset, model), rs in _by_model(ok).items():
+    for g, rs in groups.items():
+        stem, where = name(g)
         tput = next((r["throughput_batch"] for r in rs if r.get("throughput_batch")), "T")
         device = next((r["latency_device"] for r in rs if r.get("latency_device")), "unknown device")
         with _style():
@@ -302,28 +384,37 @@ def speedup_vs_theory(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
             top = 1.0
             for ax, batch, label in ((axes[0], "1", "batch 1"), (axes[1], "T", f"batch {tput}")):
                 for method in _method_order(rs):
-                    pts = [(1 / (1 - r["flops_drop"]), s) for r in rs if r["method"] == method
-                           and (s := speedup(r, batch)) is not None]
-                    if pts:
-                        st = styles[method]
-                        ax.scatter(*zip(*pts, strict=True), color=st["color"], marker=st["marker"], s=30,
-                                   label=method, zorder=3)
-                        top = max(top, *(max(p) for p in pts))
+                    mine = [r for r in rs if r["method"] == method and speedup(r, batch) is not None]
+                    if not mine:
+                        continue
+                    st = styles[method]
+                    xs, ys = [1 / (1 - r["flops_drop"]) for r in mine], [speedup(r, batch) for r in mine]
+                    ax.scatter(xs, ys, color=st["color"], marker=st["marker"], s=30, label=st["label"], zorder=3)
+                    bars = [(x, y, r[f"speedup_b{batch}_lo"], r[f"speedup_b{batch}_hi"])
+                            for x, y, r in zip(xs, ys, mine, strict=True)
+                            if r.get(f"speedup_b{batch}_lo") is not None and r.get(f"speedup_b{batch}_hi") is not None]
+                    if bars:  # the A/B timing's 95 % bootstrap interval
+                        ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                                    yerr=[[max(b[1] - b[2], 0) for b in bars], [max(b[3] - b[1], 0) for b in bars]],
+                                    fmt="none", ecolor=st["color"], elinewidth=1, capsize=2, zorder=2)
+                    top = max(top, *xs, *ys, *(b[3] for b in bars))
                 ax.set_title(label, fontsize="medium")
                 ax.set_xlabel("theoretical speed-up 1/(1 − FLOPs↓)")
                 ax.set_ylabel("measured speed-up (dense / deployed latency)")
             for ax in axes:
-                ax.plot([0.9, top * 1.05], [0.9, top * 1.05], color="0.4", ls="--", lw=1, label="parity")
+                ax.plot([0.9, top * 1.05], [0.9, top * 1.05], color=REFERENCE_COLOR, ls="--", lw=1, label="parity")
                 ax.axhline(1.0, color="0.6", ls=":", lw=1)
                 ax.set_xlim(0.9, top * 1.05)
                 ax.set_ylim(0, top * 1.1)
             _legend(fig, axes[1], ncols=5)
-            fig.suptitle(f"{dataset} / {model}: measured vs theoretical speed-up on {device}")
-            plots.append(_save(fig, out_dir, f"speedup-vs-theory_{dataset}_{model}",
-                               f"Measured vs theoretical speed-up — {dataset} / {model}",
-                               "Points below the diagonal fall short of what the FLOP count promises (small "
-                               "layers are bound by overheads, not arithmetic); below the dotted line the "
-                               "compressed model is slower than the dense one."))
+            fig.suptitle(f"{where}: measured vs theoretical speed-up on {device}")
+            plots.append(_save(fig, out_dir, f"speedup-vs-theory_{stem}",
+                               f"Measured vs theoretical speed-up — {where}",
+                               "One point per run; error bars, where recorded, are the 95 % bootstrap interval of "
+                               "the A/B timing. Points below the diagonal fall short of what the FLOP count "
+                               "promises; below the dotted line the compressed model is slower than the dense one "
+                               "(a factorized layer runs two kernels, and on small layers, at batch 1 and on CPU "
+                               "per-kernel overheads, not arithmetic, set the latency)."))
     return plots
 
 

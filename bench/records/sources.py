@@ -7,8 +7,9 @@ this module imports neither torch nor anything of the harness outside ``bench.re
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ class Loaded:
     """Records (dicts as stored in JSONL) from one or more sources, with what describes the runs.
 
     ``configs`` are the resolved presets found beside the records (a run folder's config.json
-    or the suite's entry in a benchmark JSON); ``machines`` the pytest-benchmark machine_info
+    or the suite's entry in a benchmark JSON), each with ``config_hash`` set to the hash of the
+    records it describes, so that a report over several run folders can tell their configurations
+    apart; ``machines`` the pytest-benchmark machine_info
     of each benchmark file. A record timed by pytest-benchmark says so in ``latency_source``.
     """
 
@@ -32,6 +35,29 @@ class Loaded:
     configs: tuple[dict[str, Any], ...] = ()
     machines: tuple[dict[str, Any], ...] = ()
     sources: tuple[str, ...] = ()
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """The config hash of a resolved preset as stored in config.json (``bench.presets.Preset.config_hash``,
+    computed here without importing the harness): ``config["config_hash"]`` when present, else the
+    first 12 hex digits of the SHA-256 of the fields that determine a trained model."""
+    if config.get("config_hash"):
+        return str(config["config_hash"])
+    key = {k: config.get(k) for k in ("dataset", "model", "model_options", "budget", "device", "amp")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``config`` with ``config_hash`` set to the hash of the records it describes.
+
+    The computed hash when the records carry it; otherwise, when all the folder's records share
+    one hash, that one (a config.json written by an older harness whose Budget had other fields).
+    """
+    if config.get("config_hash"):
+        return config
+    mine = config_hash(config)
+    hashes = {r.get("config_hash") for r in records if r.get("config_hash")}
+    return {**config, "config_hash": mine if mine in hashes or len(hashes) != 1 else hashes.pop()}
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -120,9 +146,10 @@ def load(sources: Iterable[str | Path]) -> Loaded:
         if p.is_dir():
             if not (p / RESULTS).is_file():
                 raise UsageError(f"no {RESULTS} in folder {src}; accepted: {ACCEPTED}")
-            records += _jsonl(p / RESULTS)
+            recs = _jsonl(p / RESULTS)
+            records += recs
             if (p / CONFIG).is_file():
-                configs.append(json.loads((p / CONFIG).read_text(encoding="utf-8")))
+                configs.append(_with_hash(json.loads((p / CONFIG).read_text(encoding="utf-8")), recs))
         elif not p.is_file():
             raise UsageError(f"no results at {src}; accepted: {ACCEPTED}")
         elif p.suffix == ".json":
@@ -138,7 +165,7 @@ def load(sources: Iterable[str | Path]) -> Loaded:
                                  "accepted: the JSON of `pytest bench --benchmark-json FILE`")
             records += recs
             if isinstance(data.get(BENCH_KEY), dict) and data[BENCH_KEY].get("config"):
-                configs.append(data[BENCH_KEY]["config"])
+                configs.append(_with_hash(dict(data[BENCH_KEY]["config"]), recs))
             if data.get("machine_info"):
                 machines.append(data["machine_info"])
         else:
