@@ -116,8 +116,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not loaded.records:
         raise UsageError(f"no records in {', '.join(args.sources)}; accepted: a run folder, results.jsonl "
                          "or pytest-benchmark JSON holding at least one record")
-    path = render(loaded.records, Path(args.out), config=loaded.configs[0] if loaded.configs else None,
-                  machines=loaded.machines, plots=not args.no_plots)
+    path = render(loaded.records, Path(args.out), configs=loaded.configs, machines=loaded.machines,
+                  plots=not args.no_plots)
     print(f"report: {path}")
     return 0
 

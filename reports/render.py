@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.results import atomic_write_text
+from bench.records.sources import config_hash
 from reports import tables
-from reports.sources import config_hash
 from reports.tables import FAMILY_ORDER, latest
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"

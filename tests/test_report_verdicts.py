@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
+from bench.records.sources import config_hash
 from reports import render, tables
 from reports.render import cost_lines, intro_lines, published_lines
-from reports.sources import config_hash
 
 REF = 0.9611
 
@@ -201,9 +201,8 @@ def test_cli_report_over_folders_of_different_configs_keeps_them_apart(tmp_path)
 
 
 def test_config_hash_is_the_harness_hash_of_the_saved_config():
-    from bench.registry import PRESETS, load_all
+    from bench.catalog import PRESETS
 
-    load_all()
     preset = PRESETS.get("quick")
     assert config_hash(json.loads(json.dumps(preset.to_dict()))) == preset.config_hash()
 
