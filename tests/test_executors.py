@@ -38,7 +38,8 @@ def test_submitit_local_equals_in_process_and_a_rerun_submits_only_the_failed_jo
     assert len(inproc) == 4 and all(r.status == "ok" for r in inproc.values())
 
     # A real failure inside one worker process: its checkpoint path is a directory the worker
-    # can neither load nor move aside (the aside name is a non-empty directory), so that job raises.
+    # can neither load nor move aside (the aside name is a non-empty directory), so that job
+    # raises. Both methods train plainly, so one job (one checkpoint) serves both at a seed.
     cache = tmp_path / "cache-submitit"
     blocked = cache / f"{checkpoint_key(TINY, METHODS.get('l1-filter'), 1)}.pt"
     blocked.mkdir(parents=True)
@@ -47,11 +48,12 @@ def test_submitit_local_equals_in_process_and_a_rerun_submits_only_the_failed_jo
     out = tmp_path / "submitit-run"
     local = ExecutorConfig(kind="submitit", cluster="local")
     first = _by_job(runner.run(TINY, out, progress=True, echo=said.append, cache_dir=cache, executor=local))
-    assert said[0].startswith("submitted 4 job(s) to submitit (local)"), said
-    failed = first[("l1-filter", 1, "params", 0.5)]
-    assert failed.status == "failed" and failed.reason.startswith("job ") and "OSError" in failed.reason, failed
+    assert said[0].startswith("submitted 2 job(s) to submitit (local)"), said
+    for method in ("l1-filter", "lorita-n1"):
+        failed = first[(method, 1, "params", 0.5)]
+        assert failed.status == "failed" and failed.reason.startswith("job ") and "OSError" in failed.reason, failed
     ok = sorted(k for k, r in first.items() if r.status == "ok")
-    assert ok == sorted(k for k in inproc if k[:2] != ("l1-filter", 1)), first
+    assert ok == sorted(k for k in inproc if k[1] != 1), first
 
     blocked.rmdir()
     said.clear()
@@ -68,25 +70,25 @@ def test_submitit_local_equals_in_process_and_a_rerun_submits_only_the_failed_jo
 
 @needs_submitit
 def test_debug_cluster_turns_a_raising_job_into_failed_records_and_the_rerun_runs_only_it(tmp_path, monkeypatch):
-    real, calls = job.run_method, []
+    real, calls = job.run_group, []
 
-    def flaky(preset, method, data, targets, seed, **kw):
-        calls.append((method.name, seed))
-        if (method.name, seed) == ("lorita-n1", 0):
+    def flaky(preset, work, data, seed, **kw):
+        calls.append((tuple(m.name for m, _ in work), seed))
+        if seed == 0:
             raise RuntimeError("boom")
-        return real(preset, method, data, targets, seed, **kw)
-    monkeypatch.setattr(job, "run_method", flaky)
+        return real(preset, work, data, seed, **kw)
+    monkeypatch.setattr(job, "run_group", flaky)
     debug = ExecutorConfig(kind="submitit", cluster="debug")
     first = _by_job(runner.run(TINY, tmp_path, progress=False, echo=lambda s: None, executor=debug))
-    assert first[("lorita-n1", 0, "params", 0.5)].status == "failed"
-    assert first[("lorita-n1", 0, "params", 0.5)].reason == "RuntimeError: boom"
-    assert [r.status for k, r in sorted(first.items()) if k[:2] != ("lorita-n1", 0)] == ["ok"] * 3
-    assert sorted(calls) == sorted((m, s) for s in TINY.seeds for m in TINY.methods)
+    # One job per trained model: both plain methods of seed 0 fail together, seed 1's go on.
+    assert [first[(m, 0, "params", 0.5)].reason for m in TINY.methods] == ["RuntimeError: boom"] * 2
+    assert [r.status for k, r in sorted(first.items()) if k[1] == 1] == ["ok"] * 2
+    assert sorted(calls) == [(TINY.methods, 0), (TINY.methods, 1)]
 
     calls.clear()
-    monkeypatch.setattr(job, "run_method", lambda *a, **kw: calls.append((a[1].name, a[4])) or real(*a, **kw))
+    monkeypatch.setattr(job, "run_group", lambda *a, **kw: calls.append((a[1], a[3])) or real(*a, **kw))
     runner.run(TINY, tmp_path, progress=False, echo=lambda s: None, executor=debug)
-    assert calls == [("lorita-n1", 0)]
+    assert [(tuple(m.name for m, _ in w), s) for w, s in calls] == [(TINY.methods, 0)]
     ok = [r for r in load_records(tmp_path / RESULTS) if r.status == "ok"]
     assert len(ok) == 4 and len({(r.method, r.seed) for r in ok}) == 4
 

@@ -12,7 +12,7 @@ def test_latency_reports_median_and_iqr_and_restores_state():
     threads = torch.get_num_threads()
     lat = measure.latency(model, (32,), batch_size=4, rounds=15, warmup=2)
     assert lat.median_ms > 0 and lat.iqr_ms >= 0 and lat.rounds == 15 and lat.batch_size == 4
-    assert lat.device.startswith("cpu:") and "(1 threads)" in lat.device
+    assert lat.device.startswith("cpu:") and "(1 thread)" in lat.device
     assert model.training and torch.get_num_threads() == threads
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import lorita
 from baselines import pruning
 from bench.catalog.budget import Target
-from bench.catalog.protocol import Calib, Compressed, Method
+from bench.catalog.protocol import PLAIN, Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.records.errors import NotApplicable
 
@@ -29,6 +29,10 @@ class LoRITa(Method):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return lorita.overparameterize(model, self.n)
+
+    def pretraining(self) -> str:
+        # N=1 is standard training: overparameterize(model, 1) returns the model unchanged.
+        return PLAIN if self.n == 1 else f"lorita-n{self.n}"
 
     def dense_reference(self, model: nn.Module) -> nn.Module:
         return lorita.merge(copy.deepcopy(model))
@@ -74,6 +78,11 @@ class TorchPruning(Method):
         if self.baseline.needs_batchnorm and not pruning.has_batchnorm(model):
             return f"{self.name} ranks channels by BatchNorm scales and this model has no BatchNorm"
         return None
+
+    def pretraining(self) -> str:
+        b = self.baseline
+        # The regularizer's pruner is built from the baseline's own settings: name it by method.
+        return PLAIN if b.regularizer is None else f"{self.name}:{b.regularizer}(reg={b.reg:g})"
 
     def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
         return pruning.sparsity_regularizer(model, calib.example, self.baseline,

@@ -1,5 +1,9 @@
 """The ``Method`` protocol every registered method follows, and what its steps take and give.
 
+A method also names its ``pretraining``: methods that name the same one train the very same model
+(same preparation, same regularizer), so a run trains it once per seed and every such method
+compresses that one model (and the cache keys it by that name, not by the method).
+
 A job (``bench.execution.job``) calls, in order: ``skip_reason(model)``; ``prepare(model)``;
 ``regularizer(model, calib)`` once, then training for ``budget.train_epochs``;
 ``dense_reference(model)``; then for each target ``compress(model, target, calib)``, the same
@@ -17,6 +21,10 @@ import torch
 from torch import nn
 
 from bench.catalog.budget import Target
+
+# Standard training: N=1 LoRITa and every pruning method without a training-time regularizer
+# start from this one model, which is also the reference every ΔAcc is taken against.
+PLAIN = "plain"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +66,11 @@ class Method:
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model to train (e.g. over-parameterized); may modify ``model`` in place."""
         return model
+
+    def pretraining(self) -> str:
+        """The identity of the model this method compresses: ``PLAIN`` for standard training;
+        another name where ``prepare`` or ``regularizer`` changes what is trained."""
+        return PLAIN
 
     def dense_reference(self, model: nn.Module) -> nn.Module:
         """The trained model in the original architecture: the baseline of every drop."""

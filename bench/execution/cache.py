@@ -42,7 +42,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
     """Cache key of the trained model: everything that determines its weights."""
     return cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
-                      "prepare": method.name, "budget": asdict(preset.budget), "seed": seed,
+                      "prepare": method.pretraining(), "budget": asdict(preset.budget), "seed": seed,
                       "device": torch.device(preset.device).type, "amp": preset.amp,
                       "versions": versions(), "code": code_digest()})
 

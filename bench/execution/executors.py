@@ -1,11 +1,12 @@
 """Where a run's training jobs execute: in this process, or handed to submitit (SLURM, local processes, debug).
 
-One job (``bench.execution.job.TrainJob``) is one trained model — (dataset, model, method
-preparation, budget, seed) — together with every compression target still missing for that
-(method, seed); ``bench.execution.job.run_job`` runs it and returns its ``Record``s. This module
+One job (``bench.execution.job.TrainJob``) is one trained model — (dataset, model, pre-training,
+budget, seed) — together with every compression target still missing for each method that
+compresses it; ``bench.execution.job.run_job`` runs it and returns its ``Record``s and the
+trained model's dense accuracy. This module
 only submits, waits and collects: queueing, placement, array parallelism and time limits belong
 to submitit and the cluster; planning and resuming belong to the runner, which hands over only
-the (method, seed) pairs whose records are missing or failed. There is no scheduler, queue or RPC
+the jobs whose records are missing or failed. There is no scheduler, queue or RPC
 here, and nothing here calls back into the runner.
 """
 
@@ -26,7 +27,7 @@ import torch
 
 import bench
 from bench.catalog import data as data_mod
-from bench.execution.job import TrainJob, run_job
+from bench.execution.job import JobResult, TrainJob, run_job
 from bench.records.errors import UsageError
 from bench.records.results import Record
 
@@ -93,11 +94,18 @@ class ExecutorConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Finished:
-    """A job that ended: its records, or why it produced none (``error``)."""
+    """A job that ended: its records and its trained model's dense accuracies, or why it
+    produced none (``error``)."""
 
     job: TrainJob
     records: tuple[Record, ...] = ()
+    dense_acc: float | None = None
+    dense_val_acc: float | None = None
     error: str | None = None
+
+    @classmethod
+    def of(cls, job: TrainJob, result: JobResult) -> Finished:
+        return cls(job=job, records=result.records, dense_acc=result.dense_acc, dense_val_acc=result.dense_val_acc)
 
 
 def require_submitit() -> ModuleType:
@@ -156,12 +164,12 @@ def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool) -> 
     try:
         for job in jobs:
             try:
-                records = run_job(job, data, progress=progress)
+                result = run_job(job, data, progress=progress)
             except Exception as err:  # one failing method must not sink the others
                 log.exception("%s failed", job.label)
                 yield Finished(job=job, error=f"{type(err).__name__}: {err}")
             else:
-                yield Finished(job=job, records=tuple(records))
+                yield Finished.of(job, result)
             if bar is not None:
                 bar.update()
     finally:
@@ -234,14 +242,14 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
             job = by_id[id(handle)]
             try:
                 err = handle.exception()
-                records = tuple(handle.result()) if err is None else ()
+                result = handle.result() if err is None else None
             except Exception as caught:  # a job killed outside Python, or unreadable results
-                err, records = caught, ()
-            if err is not None:
+                err, result = caught, None
+            if err is not None or result is None:  # (a job always returns a JobResult)
                 log.warning("%s (job %s) failed: %s", job.label, handle.job_id, err)
                 done = Finished(job=job, error=_reason(handle, err))
             else:
-                done = Finished(job=job, records=records)
+                done = Finished.of(job, result)
             if bar is not None:
                 bar.set_postfix_str(f"{job.label}: {'failed' if done.error else 'done'}")
                 bar.update()

@@ -1,13 +1,16 @@
-"""One job: one trained model — trained, or loaded from the cache — then compressed, fine-tuned and
-measured at each of its targets.
+"""One job: one trained model — one pre-training at one seed, trained or loaded from the cache —
+then, for every method that compresses that model, compressed, fine-tuned and measured at each
+of its targets.
 
-A job knows nothing of executors or of the runner that planned it. ``run_job`` is what an
-executor runs (submitit pickles it by reference, so it loads the data set itself and returns
-records only); ``run_method`` is the job on data already loaded, in its natural steps:
-``trained_model`` (train or load), ``measure_dense`` (the dense reference, measured once) and
-``one_target`` (compress, fine-tune, finalize, measure). It returns what it built — the records
-and, when asked, the dense and deployed models they describe — so the benchmark suite times
-exactly those models.
+Methods that name the same ``pretraining`` (standard training for N=1 LoRITa and every pruning
+method without a regularizer) share one job, so they compress the very same trained model and
+the run trains it once. A job knows nothing of executors or of the runner that planned it.
+``run_job`` is what an executor runs (submitit pickles it by reference, so it loads the data set
+itself and returns a picklable ``JobResult``); ``run_group`` is the job on data already loaded,
+in its natural steps: ``trained_model`` (train or load), ``measure_dense`` (the dense model,
+measured once) and ``one_target`` (compress, measure zero-shot, fine-tune, finalize, measure).
+It returns what it built — the records and, when asked, the dense and deployed models they
+describe — so the benchmark suite times exactly those models.
 """
 
 from __future__ import annotations
@@ -35,26 +38,46 @@ from bench.records.results import Record
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
+# The method a reference-only job trains as: standard training, the dense model kept as it is.
+REFERENCE = Method(name="reference", family="dense")  # pretraining(): PLAIN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainJob:
-    """One trained model and the targets still to measure on it; pickled to the worker as it is.
+    """One trained model (``pretraining`` at ``seed``) and, per method that compresses it, the
+    targets still to measure; pickled to the worker as it is.
 
-    Holds names and paths only, never tensors: the worker loads the data set itself and
-    shares ``cache_dir`` (which must be reachable from the worker) with every other job.
+    ``work`` holds (method name, targets) pairs; empty, the job only trains (or loads) the model
+    and measures its dense accuracy: the reference of a seed whose run has no method that
+    trains plainly, or whose plain methods are all done. Holds names and paths only, never
+    tensors: the worker loads the data set itself and shares ``cache_dir`` (which must be
+    reachable from the worker) with every other job.
     """
 
     preset: Preset
-    method: str
+    pretraining: str
     seed: int
-    targets: tuple[Target, ...]
+    work: tuple[tuple[str, tuple[Target, ...]], ...]
     cache_dir: str
     data_dir: str | None = None
 
     @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.work)
+
+    @property
     def label(self) -> str:
-        return f"{self.method} seed {self.seed}"
+        return f"{self.pretraining} seed {self.seed} ({', '.join(self.methods) or 'reference only'})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult:
+    """What a job hands back across processes: its records, in ``work`` order, and the test and
+    validation accuracy of its trained model's dense form (``None`` when it trained nothing)."""
+
+    records: tuple[Record, ...]
+    dense_acc: float | None = None
+    dense_val_acc: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,13 +98,24 @@ class Built:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    """What one job built: per method name, its ``Built``; and its dense model's accuracies."""
+
+    built: dict[str, Built]
+    dense_acc: float | None = None
+    dense_val_acc: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Trained:
-    """The trained model as prepared (e.g. over-parameterized), its training stats, and the test
-    accuracy of the validation-selected epoch's dense model (``None`` when there is none)."""
+    """The trained model as prepared (e.g. over-parameterized), its training stats, the test
+    accuracy of the validation-selected epoch's dense model (``None`` when there is none), and
+    whether it came from the checkpoint cache."""
 
     model: nn.Module
     stats: TrainStats
     best_acc: float | None
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,62 +131,84 @@ def record_base(preset: Preset, method: Method, target: Target, seed: int) -> di
     """The fields that identify a record (and carry its provenance), whatever its status."""
     return {"dataset": preset.dataset, "model": preset.model, "method": method.name, "family": method.family,
             "n": method.n, "target_kind": target.kind, "target_drop": target.drop, "seed": seed,
-            "config_hash": preset.config_hash(), "versions": versions()}
+            "config_hash": preset.config_hash(), "versions": versions(), "pretrain_id": method.pretraining()}
 
 
 def failed_records(job: TrainJob, reason: str) -> tuple[Record, ...]:
     """A failed record for each target of ``job``, which raised (or was lost) with ``reason``."""
-    method = METHODS.get(job.method)
-    return tuple(Record(**record_base(job.preset, method, t, job.seed), status="failed", reason=reason)
-                 for t in job.targets)
+    return tuple(Record(**record_base(job.preset, METHODS.get(name), t, job.seed), status="failed", reason=reason)
+                 for name, targets in job.work for t in targets)
 
 
-def run_job(job: TrainJob, data: Splits | None = None, *, progress: bool = False) -> list[Record]:
-    """Run ``job`` where it lands and return its records (the models stay in this process).
+def run_job(job: TrainJob, data: Splits | None = None, *, progress: bool = False) -> JobResult:
+    """Run ``job`` where it lands and return its records and dense accuracies (the models stay here).
 
     This is the function submitit pickles (by reference, so the worker must be able to import
     ``bench``); without ``data`` it loads the job's data set here. A failure of one target is a
-    failed record inside the list; a failure of the job itself (data missing, no CUDA on the
+    failed record inside the result; a failure of the job itself (data missing, no CUDA on the
     node, training diverged) is raised, and the runner records it for each of the job's targets.
     """
     preset = job.preset
     if data is None:
         data_dir = Path(job.data_dir) if job.data_dir is not None else None
         data = load(preset.dataset, data_dir=data_dir, download=False).to(preset.device)
-    built = run_method(preset, METHODS.get(job.method), data, list(job.targets), job.seed, progress=progress,
-                       cache_dir=Path(job.cache_dir))
-    return list(built.records)
+    work = [(METHODS.get(name), list(targets)) for name, targets in job.work]
+    group = run_group(preset, work, data, job.seed, progress=progress, cache_dir=Path(job.cache_dir))
+    return JobResult(records=tuple(r for b in group.built.values() for r in b.records), dense_acc=group.dense_acc,
+                     dense_val_acc=group.dense_val_acc)
 
 
 def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
                progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Built:
-    """Every record of one (method, seed): one training (or a cached one), then one compression per target.
+    """Every record of one (method, seed): ``run_group`` for that method alone."""
+    return run_group(preset, [(method, targets)], data, seed, progress=progress, cache_dir=cache_dir,
+                     keep_models=keep_models).built[method.name]
 
-    A target whose compression or fine-tuning fails becomes a failed record; the others go on.
-    With ``cache_dir``, the trained model is loaded from / saved to a checkpoint there. With
-    ``keep_models``, the result also holds the dense and deployed models (else they are freed
-    as the job goes).
+
+def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Splits, seed: int, *,
+              progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Group:
+    """One training (or a cached one) shared by every method of ``work``, then each method's targets.
+
+    Every method of ``work`` must name the same ``pretraining`` (``ValueError`` otherwise); with
+    ``work`` empty the plain model is trained (or loaded) and only its dense accuracy measured.
+    A method that does not apply gets skipped records; a target whose compression or
+    fine-tuning fails becomes a failed record; the others go on. With ``cache_dir``, the
+    trained model is loaded from / saved to a checkpoint there. With ``keep_models``, each
+    ``Built`` also holds the dense and deployed models (else they are freed as the job goes).
     """
+    if len({m.pretraining() for m, _ in work}) > 1:
+        raise ValueError(f"one job trains one model; got pretrainings {sorted({m.pretraining() for m, _ in work})}")
     torch.manual_seed(seed)  # the same initial weights for every method at this seed
     model = build(preset.model, data.num_classes, data.input_shape, preset.model_options).to(preset.device)
-    reason = method.skip_reason(model)
-    if reason:
-        return Built(records=tuple(Record(**record_base(preset, method, t, seed), status="skipped", reason=reason)
-                                   for t in targets))
+    built, active = {}, []
+    for method, targets in work:
+        reason = method.skip_reason(model)
+        if reason:
+            built[method.name] = Built(records=tuple(Record(**record_base(preset, method, t, seed), status="skipped",
+                                                            reason=reason) for t in targets))
+        else:
+            active.append((method, targets))
+    if work and not active:
+        return Group(built=built)
+    lead = active[0][0] if active else REFERENCE  # every method of the group prepares and trains the same way
     head = head_of(model, data.num_classes)  # named in the original architecture
-    model = method.prepare(model).to(preset.device)
+    model = lead.prepare(model).to(preset.device)
     calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
                   num_classes=data.num_classes, head=head)
-    trained = trained_model(preset, method, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
-    dense = measure_dense(preset, method, trained, data)
-    records, deployed = [], {}
-    for target in targets:
-        record, model_at = one_target(preset, method, trained, dense, data, calib, target, seed, progress=progress)
-        records.append(record)
-        if keep_models and model_at is not None:
-            deployed[target] = model_at
-    return Built(records=tuple(records), dense=dense.model if keep_models else None, deployed=deployed,
-                 spectra=dense.spectra)
+    trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
+    dense = measure_dense(preset, lead, trained, data)
+    for method, targets in active:
+        records, deployed = [], {}
+        for target in targets:
+            record, model_at = one_target(preset, method, trained, dense, data, calib, target, seed,
+                                          progress=progress)
+            records.append(record)
+            if keep_models and model_at is not None:
+                deployed[target] = model_at
+        built[method.name] = Built(records=tuple(records), dense=dense.model if keep_models else None,
+                                   deployed=deployed, spectra=dense.spectra)
+    return Group(built={m.name: built[m.name] for m, _ in work}, dense_acc=dense.fields["base_acc"],
+                 dense_val_acc=dense.fields["base_val_acc"])
 
 
 def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits, calib: Calib, seed: int, *,
@@ -184,7 +240,7 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
                 cache.save(best_path, best, {"best_epoch": stats.best_epoch})
             cache.save(path, model, {"stats": asdict(replace(stats, best_state=None))})
     best_acc = accuracy(method.dense_reference(best).eval(), data.test_x, data.test_y) if has_best else None
-    return Trained(model=model, stats=stats, best_acc=best_acc)
+    return Trained(model=model, stats=stats, best_acc=best_acc, cached=meta is not None)
 
 
 def _accs(model: nn.Module, data: Splits) -> tuple[float, float | None, float]:
@@ -192,11 +248,12 @@ def _accs(model: nn.Module, data: Splits) -> tuple[float, float | None, float]:
     return accuracy(model, data.test_x, data.test_y), top5, accuracy(model, data.val_x, data.val_y)
 
 
-def _latencies(preset: Preset, model: nn.Module, data: Splits) -> tuple[measure.Latency, measure.Latency]:
-    """(batch 1, throughput batch) latency of ``model``, in that order."""
+def _latencies(preset: Preset, dense: nn.Module, deployed: nn.Module, data: Splits
+               ) -> tuple[measure.Paired, measure.Paired]:
+    """(batch 1, throughput batch) A/B latency of ``deployed`` against ``dense``, in that order."""
     kw = {"device": preset.device, "rounds": preset.latency_rounds}
-    return (measure.latency(model, data.input_shape, batch_size=1, **kw),
-            measure.latency(model, data.input_shape, batch_size=preset.throughput_batch, **kw))
+    return (measure.latency_ab(dense, deployed, data.input_shape, batch_size=1, **kw),
+            measure.latency_ab(dense, deployed, data.input_shape, batch_size=preset.throughput_batch, **kw))
 
 
 def measure_dense(preset: Preset, method: Method, trained: Trained, data: Splits) -> Dense:
@@ -205,32 +262,38 @@ def measure_dense(preset: Preset, method: Method, trained: Trained, data: Splits
     spectra = measure.spectra_of(dense)
     acc, top5, val = _accs(dense, data)
     macs, params = measure.counts(dense, data.input_shape, preset.device)
-    lat, tput = _latencies(preset, dense, data)
     stats = trained.stats
     return Dense(model=dense, spectra=spectra, fields={
         "base_acc": acc, "base_acc_top5": top5, "base_val_acc": val, "base_acc_val_selected": trained.best_acc,
         "best_val_epoch": stats.best_epoch or None, "dense_params": params, "dense_macs": macs,
-        "spectra": spectra, "latency_dense_ms": lat.median_ms, "latency_dense_iqr_ms": lat.iqr_ms,
-        "throughput_dense_ms": tput.median_ms, "pretrain_steps": stats.steps, "pretrain_wall_s": stats.wall_s})
+        "spectra": spectra, "pretrain_steps": stats.steps, "pretrain_wall_s": stats.wall_s,
+        "pretrain_cached": trained.cached})
 
 
 def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, data: Splits, calib: Calib,
                target: Target, seed: int, *, progress: bool = False) -> tuple[Record, nn.Module | None]:
     """The record of ``target`` and the deployed model it describes (``None`` unless the record is ok).
 
-    Compresses a copy of the trained model, fine-tunes it with the budget's fine-tuning steps,
-    finalizes and measures it. A target the method cannot meet is a skipped record, any other
-    failure a failed one: one failing target must not sink the others.
+    Compresses a copy of the trained model, measures its accuracy before fine-tuning
+    (zero-shot: what truncation or pruning alone costs), fine-tunes it with the budget's
+    fine-tuning steps, finalizes and measures it. A target the method cannot meet is a skipped
+    record, any other failure a failed one: one failing target must not sink the others.
     """
     base = record_base(preset, method, target, seed)
+    # Re-seeded per target: a random criterion draws the same at this (method, target, seed)
+    # whether the model was just trained, shared with other methods or loaded from the cache.
+    torch.manual_seed(seed)
     try:
         out = method.compress(copy.deepcopy(trained.model), target, calib)
         deployed = out.model.to(preset.device)
+        zero_shot = {"acc_zero_shot": accuracy(deployed, data.test_x, data.test_y),
+                     "val_acc_zero_shot": accuracy(deployed, data.val_x, data.val_y)}
         budget = preset.budget
         ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr, seed=seed + 1,
                    progress=progress, desc=f"{method.name} {target} fine-tune", **preset.speed())
         deployed = method.finalize(deployed).eval()
-        return Record(**base, **dense.fields, **_deployed_fields(preset, method, deployed, out, data, dense),
+        return Record(**base, **dense.fields, **zero_shot,
+                      **_deployed_fields(preset, method, deployed, out, data, dense),
                       **_training_fields(preset, trained.stats, ft)), deployed
     except NotApplicable as why:
         return Record(**base, status="skipped", reason=str(why)), None
@@ -245,13 +308,20 @@ def _deployed_fields(preset: Preset, method: Method, deployed: nn.Module, out: C
     acc, top5, val = _accs(deployed, data)
     macs, params = measure.counts(deployed, data.input_shape, preset.device)
     params = method.deployed_params(deployed, params)
-    lat, tput = _latencies(preset, deployed, data)
+    lat, tput = _latencies(preset, dense.model, deployed, data)
     d = dense.fields
+    # delta_acc against the method's own dense model until the runner knows the reference
+    # (the plainly trained model of this seed) and replaces it by acc - ref_acc.
     return {"acc": acc, "acc_top5": top5, "delta_acc": acc - d["base_acc"], "val_acc": val, "params": params,
             "params_drop": 1 - params / d["dense_params"], "macs": macs, "flops_drop": 1 - macs / d["dense_macs"],
             "achieved_drop": out.achieved_drop, "layers": out.layers, "note": out.note,
-            "latency_device": lat.device, "latency_batch": 1, "latency_ms": lat.median_ms,
-            "latency_iqr_ms": lat.iqr_ms, "throughput_batch": preset.throughput_batch, "throughput_ms": tput.median_ms}
+            "latency_device": lat.deployed.device, "latency_batch": 1,
+            "latency_dense_ms": lat.dense.median_ms, "latency_dense_iqr_ms": lat.dense.iqr_ms,
+            "latency_ms": lat.deployed.median_ms, "latency_iqr_ms": lat.deployed.iqr_ms,
+            "speedup_b1": lat.speedup, "speedup_b1_lo": lat.speedup_lo, "speedup_b1_hi": lat.speedup_hi,
+            "throughput_batch": preset.throughput_batch, "throughput_dense_ms": tput.dense.median_ms,
+            "throughput_ms": tput.deployed.median_ms, "speedup_bT": tput.speedup, "speedup_bT_lo": tput.speedup_lo,
+            "speedup_bT_hi": tput.speedup_hi}
 
 
 def _training_fields(preset: Preset, stats: TrainStats, ft: TrainStats) -> dict[str, Any]:

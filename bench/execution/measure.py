@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu:{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu:{platform.processor() or platform.machine()} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
@@ -92,3 +94,92 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, de
     q1, _, q3 = statistics.quantiles(times, n=4)
     return Latency(device=device_name(device), batch_size=batch_size, median_ms=statistics.median(times),
                    iqr_ms=q3 - q1, rounds=rounds)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Paired:
+    """An A/B latency measurement: each model's latency over the same alternating rounds, and the
+    median of the per-round ratios dense/deployed (the speed-up) with its bootstrap 95 % interval."""
+
+    dense: Latency
+    deployed: Latency
+    speedup: float
+    speedup_lo: float
+    speedup_hi: float
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def latency_ab(dense: nn.Module, deployed: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
+               device: str = "cpu", warmup: int = 10, rounds: int = 50, cpu_threads: int | None = 1) -> Paired:
+    """Time ``dense`` and ``deployed`` in alternating rounds on the same input, in one process.
+
+    Each round times one forward pass of each (the order swapped every round, so neither
+    always runs on a warmer cache), after ``warmup`` passes of each: a clock boost, thermal
+    drift or a busy neighbour core hits both. The speed-up is the median of the per-round
+    ratios; its interval is a percentile bootstrap of that median (fixed seed). CUDA events
+    on GPU, ``perf_counter`` at ``cpu_threads`` intra-op threads on CPU, as ``latency``.
+    """
+    before = torch.get_num_threads()
+    cpu = torch.device(device).type == "cpu"
+    if cpu and cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    try:
+        times = _ab_times(dense, deployed, input_shape, batch_size, device, warmup, rounds)
+        name = device_name(device)  # with the thread count the rounds ran at
+    finally:
+        torch.set_num_threads(before)
+    ratios = [d / max(e, 1e-9) for d, e in zip(*times, strict=True)]
+    lo, hi = bootstrap_median_interval(ratios)
+
+    def summary(ts: list[float]) -> Latency:
+        q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0], 0.0, ts[0])
+        return Latency(device=name, batch_size=batch_size, median_ms=statistics.median(ts), iqr_ms=q3 - q1,
+                       rounds=rounds)
+
+    return Paired(dense=summary(times[0]), deployed=summary(times[1]), speedup=statistics.median(ratios),
+                  speedup_lo=lo, speedup_hi=hi)
+
+
+def bootstrap_median_interval(values: list[float], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                              seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (reproducible: fixed ``seed``)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    cut = (1 - level) / 2
+    return meds[int(cut * (resamples - 1))], meds[int((1 - cut) * (resamples - 1))]
+
+
+@torch.inference_mode()
+def _ab_times(dense: nn.Module, deployed: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: str,
+              warmup: int, rounds: int) -> tuple[list[float], list[float]]:
+    modes = dense.training, deployed.training
+    dense.eval()
+    deployed.eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        dense(x)
+        deployed(x)
+    t_dense, t_deployed = [], []
+    for i in range(rounds):
+        pair = ((dense, t_dense), (deployed, t_deployed))
+        for model, out in (pair if i % 2 == 0 else pair[::-1]):
+            out.append(_time_once(model, x, cuda))
+    dense.train(modes[0])
+    deployed.train(modes[1])
+    return t_dense, t_deployed
+
+
+def _time_once(model: nn.Module, x: torch.Tensor, cuda: bool) -> float:
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - t0) * 1e3

@@ -76,6 +76,25 @@ class Record:
     # or on CPU the process's peak resident size during training (data set included).
     train_peak_mem_mb: float | None = None
     finetune_peak_mem_mb: float | None = None
+    # What this record's model was trained as ("plain", "lorita-n3", "depgraph-sl:group-norm(reg=…)"):
+    # methods of one pretrain_id, config and seed compress the very same trained model.
+    pretrain_id: str | None = None
+    pretrain_cached: bool | None = None  # the trained model came from the checkpoint cache
+    # The one reference every ΔAcc is taken against: the plainly trained dense model of this
+    # (config, seed), test and validation accuracy. delta_acc = acc - ref_acc where known.
+    ref_acc: float | None = None
+    ref_val_acc: float | None = None
+    # The compressed model before fine-tuning: what truncation or pruning alone costs.
+    acc_zero_shot: float | None = None
+    val_acc_zero_shot: float | None = None
+    # A/B latency: dense and deployed timed in alternating rounds in one process; the median of
+    # the per-round ratios dense/deployed and its bootstrap 95 % interval, at batch 1 and T.
+    speedup_b1: float | None = None
+    speedup_b1_lo: float | None = None
+    speedup_b1_hi: float | None = None
+    speedup_bT: float | None = None
+    speedup_bT_lo: float | None = None
+    speedup_bT_hi: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
 

@@ -7,8 +7,9 @@ models its records describe, and pytest-benchmark times exactly those.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from bench.catalog import data as data_mod
 from bench.catalog.budget import Target
 from bench.catalog.data import Splits
 from bench.catalog.presets import Preset
+from bench.catalog.protocol import PLAIN
 from bench.catalog.registry import METHODS
 from bench.execution import job, measure
 from bench.execution.job import Built
+from bench.execution.runner import with_reference
 from bench.records.results import Record
 
 WARMUP_ROUNDS = 10  # as bench.execution.measure.latency
@@ -75,7 +78,7 @@ def dense_cells(preset: Preset) -> list[DenseCell]:
 
 
 class Suite:
-    """The session's preset and data, and the trained models: one training per (method, seed).
+    """The session's preset and data, and the trained models: one training per (pre-training, seed).
 
     Holds state (the cache), hence a class. Data are loaded on first use, so collecting the
     suite (``--collect-only``, ``--benchmark-disable`` with ``-k`` matching nothing) trains nothing.
@@ -90,6 +93,7 @@ class Suite:
         self.rounds = rounds or preset.latency_rounds
         self._data: Splits | None = None
         self._trained: dict[tuple[str, int], Built | BaseException] = {}
+        self._refs: dict[int, tuple[float, float | None]] = {}  # per seed: the plain model's (test, val) accuracy
 
     @property
     def data(self) -> Splits:
@@ -103,23 +107,46 @@ class Suite:
         return f"{self.preset.dataset}/{self.preset.model} b={batch}"
 
     def trained(self, method: str, seed: int) -> Built:
-        """Train ``method`` at ``seed`` (first call only), compress at every target, measure; the
-        records with the dense and deployed models they describe.
+        """Train ``method``'s model at ``seed`` (first call only, shared with every method of the
+        preset that names the same pre-training), compress at every target, measure; the records
+        with the dense and deployed models they describe.
 
         A training that raised is cached too and raised again for each of its cells.
         """
         key = (method, seed)
         if key not in self._trained:
+            pretraining = METHODS.get(method).pretraining()
+            if pretraining != PLAIN and seed not in self._refs:
+                self._reference(seed)
+            group = [METHODS.get(m) for m in self.preset.methods if METHODS.get(m).pretraining() == pretraining]
+            work = [(m, list(self.preset.targets)) for m in group]
             try:
-                self._trained[key] = job.run_method(self.preset, METHODS.get(method), self.data,
-                                                    list(self.preset.targets), seed, cache_dir=self.cache_dir,
-                                                    keep_models=True)
-            except Exception as err:  # cached: the method's other cells must not retrain to fail again
-                self._trained[key] = err
+                group_out = job.run_group(self.preset, work, self.data, seed, cache_dir=self.cache_dir,
+                                          keep_models=True)
+                if pretraining == PLAIN and group_out.dense_acc is not None:
+                    self._refs[seed] = (group_out.dense_acc, group_out.dense_val_acc)
+                ref = self._refs.get(seed)
+                self._trained.update({(name, seed): replace(b, records=tuple(with_reference(r, ref) for r in b.records))
+                                      for name, b in group_out.built.items()})
+            except Exception as err:  # cached: the group's other cells must not retrain to fail again
+                self._trained.update({(m.name, seed): err for m in group})
         got = self._trained[key]
         if isinstance(got, BaseException):
             raise RuntimeError(f"training {method} at seed {seed} failed: {got}") from got
         return got
+
+    def _reference(self, seed: int) -> None:
+        """Train the preset's plain methods at ``seed`` (or, with none, the plain model alone):
+        the reference accuracy every other record of the seed is measured against."""
+        plain = [m for m in self.preset.methods if METHODS.get(m).pretraining() == PLAIN]
+        if plain:
+            # A failure is recorded with the plain methods' cells; the others go on without a reference.
+            with contextlib.suppress(RuntimeError):
+                self.trained(plain[0], seed)
+            return
+        got = job.run_group(self.preset, [], self.data, seed, cache_dir=self.cache_dir)
+        if got.dense_acc is not None:
+            self._refs[seed] = (got.dense_acc, got.dense_val_acc)
 
     def records(self) -> list[Record]:
         """Every record of the (method, seed) pairs trained so far in this session."""

@@ -37,6 +37,7 @@ import pytest
 
 from bench import frontend
 from bench.execution import cache
+from bench.execution.runner import BudgetMismatch, check_budget
 from bench.records.compare import check_tolerance, compare, summary
 from bench.records.errors import UsageError
 from bench.records.results import BENCH_KEY
@@ -179,9 +180,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     ref = config.stash.get(REFERENCE, None)
     suite = config.stash.get(SUITE, None)
-    if ref is None or suite is None or config.option.collectonly:
+    if suite is None or config.option.collectonly:
         return
     records = suite.records()
+    try:  # the budget rule holds in the suite as in `lorita-bench run`, gate or not
+        check_budget(records)
+    except BudgetMismatch as err:
+        config.stash[NOTES].append(f"budget rule: {err}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if ref is None:
+        return
     if not records:
         config.stash[NOTES].append("--lorita-compare: no cell ran, nothing was gated")
         return
