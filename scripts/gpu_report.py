@@ -37,12 +37,13 @@ def steps_table(steps: list[dict[str, Any]]) -> list[str]:
     if not steps:
         return ["(no step-time measurements)"]
     out = ["| Model | Batch | bf16 + channels-last | torch.compile | N=1 step ms | N=3 step ms | N=3/N=1 (median "
-           "[IQR] of paired rounds) | Peak MiB N=1 | Peak MiB N=3 |", "|---|---|---|---|---|---|---|---|---|"]
+           "[IQR] of paired rounds) | Peak MiB N=1 | Peak MiB N=3 | Note |", "|" + "---|" * 10]
     for s in steps:
+        note = (f"run {s['run']}: " if "run" in s else "") + s.get("note", "")
         out.append(f"| {s['model']} | {s['batch_size']} | {'yes' if s['amp'] else 'no'} | "
                    f"{'yes' if s['compile'] else 'no'} | {s['a_ms']:.2f} | {s['b_ms']:.2f} | "
                    f"{s['ratio']:.3f} [{s['ratio_q1']:.3f}, {s['ratio_q3']:.3f}] | {_f(s['peak_mem_n1_mb'], 0)} | "
-                   f"{_f(s['peak_mem_n_mb'], 0)} |")
+                   f"{_f(s['peak_mem_n_mb'], 0)} | {note.rstrip(': ')} |")
     return out
 
 
@@ -57,6 +58,15 @@ def epoch_lines(preset: str, records: list[dict[str, Any]], epochs: int, finetun
             "validation split included): " + ", ".join(f"{m} {s:.1f} s" for m, s in pre.items())]
 
 
+def _speedup(r: dict[str, Any], key: str, stem: str) -> str:
+    """The A/B speed-up with its interval where recorded, else the ratio of the two medians."""
+    if r.get(f"speedup_{key}") is not None:
+        return (f"{r[f'speedup_{key}']:.2f}× [{r[f'speedup_{key}_lo']:.2f}, {r[f'speedup_{key}_hi']:.2f}]"
+                if r.get(f"speedup_{key}_lo") is not None else f"{r[f'speedup_{key}']:.2f}×")
+    dense, mine = r.get(f"{stem}_dense_ms"), r.get(f"{stem}_ms")
+    return f"{dense / mine:.2f}×" if dense and mine else "–"
+
+
 def latency_table(records: list[dict[str, Any]]) -> list[str]:
     out = ["| Method | Target | Params↓ | FLOPs↓ | Acc (dense) | b=1 dense / deployed ms | b=1 speed-up | "
            "b=256 dense / deployed ms | b=256 speed-up | Theoretical (MACs) | Peak train MiB |",
@@ -66,13 +76,12 @@ def latency_table(records: list[dict[str, Any]]) -> list[str]:
             out.append(f"| {r['method']} | {r['target_kind']}:{r['target_drop']:g} | {r['status']}: "
                        f"{r.get('reason', '')[:80]} |||||||||")
             continue
-        b1 = r["latency_dense_ms"] / r["latency_ms"] if r.get("latency_ms") else None
-        b256 = r["throughput_dense_ms"] / r["throughput_ms"] if r.get("throughput_ms") else None
+        b1, b256 = _speedup(r, "b1", "latency"), _speedup(r, "bT", "throughput")
         theory = r["dense_macs"] / r["macs"] if r.get("macs") else None
         out.append(f"| {r['method']} | {r['target_kind']}:{r['target_drop']:g} | {100 * r['params_drop']:.1f} % | "
                    f"{100 * r['flops_drop']:.1f} % | {100 * r['acc']:.2f} % ({100 * r['base_acc']:.2f} %) | "
-                   f"{_f(r.get('latency_dense_ms'), 3)} / {_f(r.get('latency_ms'), 3)} | {_f(b1)}× | "
-                   f"{_f(r.get('throughput_dense_ms'), 3)} / {_f(r.get('throughput_ms'), 3)} | {_f(b256)}× | "
+                   f"{_f(r.get('latency_dense_ms'), 3)} / {_f(r.get('latency_ms'), 3)} | {b1} | "
+                   f"{_f(r.get('throughput_dense_ms'), 3)} / {_f(r.get('throughput_ms'), 3)} | {b256} | "
                    f"{_f(theory)}× | {_f(r.get('train_peak_mem_mb'), 0)} |")
     return out
 
@@ -114,6 +123,9 @@ def render(out_dir: Path, epochs: int, finetune: int) -> int:
     for preset, records in by_preset.items():
         lines += [f"### {preset}", "", f"Full report with figures: [{preset}/report.md]({preset}/report.md)", "",
                   *latency_table(records), ""]
+    notes = out_dir / "notes.md"
+    if notes.exists():  # what the person who ran it has to add (what was re-run, what was filled in after)
+        lines += ["## Notes on this run", "", notes.read_text().strip(), ""]
     lines += ["## Peak memory per method (GPU: max_memory_allocated; CPU dry run: process peak RSS)", "",
               *memory_lines(by_preset), "",
               f"Failed runs: {failed}."]
