@@ -83,7 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.preset, flags=frontend.CLI_FLAGS, changes=_preset_changes(args),
         budget_changes={k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None},
         model_options=_options(args.model_options) if args.model_options else None,
-        data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here)
+        data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here,
+        note=lambda line: print(f"note: {line}", file=sys.stderr))
     out = Path(args.out)
     main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.catalog.budget import Budget, Target
-from bench.catalog.models import resolve
+from bench.catalog.models import check_options, resolve
 from bench.catalog.registry import DATASETS, METHODS, PRESETS
 from bench.records.errors import UsageError
 
@@ -38,6 +38,7 @@ class Preset:
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
         resolve(self.model)  # registered names and timm:<arch>
+        check_options(self.model, self.model_options)  # names and types; the builder checks ranges
         for m in self.methods:
             METHODS.entry(m)
         if not self.methods:
