@@ -23,7 +23,7 @@ BUDGET_FLAGS = ("epochs", "finetune_epochs", "batch_size", "optimizer", "lr", "f
 
 
 def _options(text: str) -> dict[str, object]:
-    """``"width=0.25,depth=2"`` → {"width": 0.25, "depth": 2} (ints, floats, true/false, else strings)."""
+    """``"width=0.25,depth=2"`` → {"width": 0.25, "depth": 2} (ints, floats, true/false, none, else strings)."""
     out: dict[str, object] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         key, sep, raw = part.partition("=")
@@ -38,6 +38,8 @@ def _options(text: str) -> dict[str, object]:
                 pass
         if raw.strip().lower() in ("true", "false"):
             value = raw.strip().lower() == "true"
+        elif raw.strip().lower() == "none":  # e.g. vit's fc_norm=none (timm: "decide from the pooling")
+            value = None
         out[key.strip()] = value
     return out
 

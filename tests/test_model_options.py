@@ -3,7 +3,7 @@
 import pytest
 
 from bench import frontend
-from bench.cli import main
+from bench.cli import _options, main
 
 
 @pytest.mark.parametrize(("options", "needle"), [
@@ -38,6 +38,9 @@ def test_another_model_starts_from_its_own_defaults_not_the_presets_options():
     preset = frontend.resolve_preset("quick", flags=frontend.CLI_FLAGS, changes={"model": "vit"},
                                      model_options={"depth": 1}, note=notes.append)
     assert preset.model_options == {"depth": 1} and notes == []  # not the FCN's width
+    vit = frontend.resolve_preset("quick", flags=frontend.CLI_FLAGS, changes={"model": "vit"},
+                                  model_options=_options("fc_norm=none,qkv_bias=false,depth=1"))
+    assert vit.model_options == {"fc_norm": None, "qkv_bias": False, "depth": 1}
     same = frontend.resolve_preset("quick", flags=frontend.CLI_FLAGS, changes={"model": "fcn"},
                                    model_options={"width": 32}, note=notes.append)
     assert same.model_options == {"depth": 4, "width": 32} and notes == []  # same model: merged
