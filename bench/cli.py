@@ -23,7 +23,7 @@ BUDGET_FLAGS = ("epochs", "finetune_epochs", "batch_size", "optimizer", "lr", "f
 
 
 def _options(text: str) -> dict[str, object]:
-    """``"width=0.25,depth=2"`` → {"width": 0.25, "depth": 2} (ints, floats, true/false, else strings)."""
+    """``"width=0.25,depth=2"`` → {"width": 0.25, "depth": 2} (ints, floats, true/false, none, else strings)."""
     out: dict[str, object] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         key, sep, raw = part.partition("=")
@@ -38,6 +38,8 @@ def _options(text: str) -> dict[str, object]:
                 pass
         if raw.strip().lower() in ("true", "false"):
             value = raw.strip().lower() == "true"
+        elif raw.strip().lower() == "none":  # e.g. vit's fc_norm=none (timm: "decide from the pooling")
+            value = None
         out[key.strip()] = value
     return out
 
@@ -45,6 +47,8 @@ def _options(text: str) -> dict[str, object]:
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench.catalog import DATASETS, METHODS, MODELS, PRESETS
 
+    if args.preset is not None:
+        return _show_preset(args.preset)
     tables = (("presets", PRESETS), ("datasets", DATASETS), ("models", MODELS), ("methods", METHODS))
     width = max(len(e.name) for _, reg in tables for e in reg) + 2
     for title, reg in tables:
@@ -52,6 +56,34 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for e in reg:
             paper = f"  [{e.meta['paper']}]" if e.meta.get("paper") else ""
             print(f"  {e.name:<{width}}{e.description}{paper}")
+    print("\n`lorita-bench list PRESET` shows a preset's every field; `lorita-bench run --help` the options that "
+          "change them.")
+    return 0
+
+
+def _show_preset(name: str) -> int:
+    """Print the preset ``name`` field by field: what ``run --preset NAME`` does when no option changes it."""
+    from dataclasses import asdict
+
+    from bench.catalog import PRESETS
+
+    entry = PRESETS.entry(name)
+    p = entry.obj
+
+    def kv(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items()) or "its defaults"
+    rows = (("dataset", p.dataset), ("model", f"{p.model} ({kv(p.model_options)})"),
+            ("methods", ", ".join(p.methods)), ("targets", ", ".join(f"{t.kind}:{t.drop:g}" for t in p.targets)),
+            ("budget", kv(asdict(p.budget))), ("seeds", ", ".join(map(str, p.seeds))), ("device", p.device),
+            ("speed", kv(p.speed()) + " (amp and channels_last act on CUDA only)"),
+            ("latency", f"{p.latency_rounds} rounds at batch 1 and at batch {p.throughput_batch}"))
+    print(f"{name}: {entry.description}")
+    for key, value in rows:
+        print(f"  {key:<9}{value}")
+    for pub in entry.meta.get("published", ()):
+        at = f" at {pub.target.kind}:{pub.target.drop:.3g}" if pub.target is not None else ""
+        print(f"  published {pub.method} {pub.metric}{at} = {pub.value:.4f} ({pub.source})")
+    print(f"run it: lorita-bench run --preset {name} --out out/{name}")
     return 0
 
 
@@ -83,8 +115,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.preset, flags=frontend.CLI_FLAGS, changes=_preset_changes(args),
         budget_changes={k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None},
         model_options=_options(args.model_options) if args.model_options else None,
-        data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here)
-    out = Path(args.out)
+        data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here,
+        note=lambda line: print(f"note: {line}", file=sys.stderr))
+    out = Path(args.out if args.out is not None else f"out/{args.preset}")
     main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
         from bench.execution import distributed
@@ -135,64 +168,136 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+class _CatalogParser(argparse.ArgumentParser):
+    """A parser whose help names the catalog's entries (``{presets}``, ``{methods}``, …) in its
+    option texts. The names are filled in only when the help is shown: importing the catalog
+    imports torch, which ``list``-free commands (``report``, ``compare``) never need."""
+
+    def format_help(self) -> str:
+        names = _choices()
+        for action in self._actions:
+            if action.help and "{" in action.help:
+                action.help = action.help.format(**names)
+        return super().format_help()
+
+
+def _choices() -> dict[str, str]:
+    """Every closed set an option of ``run`` takes, as comma-separated names."""
+    from bench.catalog import DATASETS, METHODS, MODELS, PRESETS
+    from bench.catalog.budget import OPTIMIZERS, SCHEDULES, TARGET_KINDS
+    from bench.execution.executors import CLUSTERS, EXECUTORS
+
+    def join(names) -> str:
+        return ", ".join(names)
+    return {"presets": join(PRESETS.names()), "datasets": join(DATASETS.names()), "models": join(MODELS.names()),
+            "methods": join(METHODS.names()), "optimizers": join(OPTIMIZERS), "schedules": join(SCHEDULES),
+            "target_kinds": join(TARGET_KINDS), "executors": join(EXECUTORS), "clusters": join(CLUSTERS)}
+
+
+PRESETS_DEFAULT = "default: the preset's"
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    """The ``run`` command and its options."""
-    run = sub.add_parser("run", help="run a preset and write records and a report")
-    run.add_argument("--preset", default="quick")
-    run.add_argument("--out", default="out/quick", help="folder for results.jsonl, config.json, report.md")
-    run.add_argument("--dataset")
-    run.add_argument("--model", help="a registered model or timm:<arch>")
-    run.add_argument("--model-options", help="KEY=VALUE,… passed to the model builder, e.g. width=0.5")
-    run.add_argument("--latency-rounds", type=int)
-    run.add_argument("--throughput-batch", type=int)
-    run.add_argument("--methods", help="comma-separated, e.g. lorita-n1,lorita-n3,l1-filter")
-    run.add_argument("--targets", help="e.g. params:0.5,0.7,0.9 or flops:0.5")
-    run.add_argument("--epochs", type=int, help="total epochs per method (before + after compression)")
-    run.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning after compression")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--optimizer", help="sgd or adamw")
-    run.add_argument("--lr", type=float)
-    run.add_argument("--finetune-lr", type=float)
-    run.add_argument("--weight-decay", type=float)
-    run.add_argument("--schedule", help="cosine, step, onecycle or constant")
-    run.add_argument("--label-smoothing", type=float)
-    run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    run.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    run.add_argument("--cache-dir", help="trained-model checkpoints (default ~/.cache/lorita-bench/checkpoints)")
-    run.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
-    run.add_argument("--device", help="cpu, cuda or cuda:N")
-    run.add_argument("--data-dir")
-    run.add_argument("--download", action="store_true", help="fetch datasets (needs internet)")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--executor", default="local", help="local (in this process, the default) or submitit "
-                     "(one job per trained model; needs pip install 'lorita-bench[slurm]')")
-    run.add_argument("--cluster", help="with --executor submitit: slurm, local (subprocesses here) or debug "
-                     "(in process); default: slurm where sbatch exists, else local")
-    run.add_argument("--slurm-partition", help="with --executor submitit on SLURM: the partition")
-    run.add_argument("--gpus-per-job", type=int, help="with --executor submitit (default: 1 on cuda, else 0)")
-    run.add_argument("--max-parallel", type=int, help="with --executor submitit on SLURM: array tasks at once")
-    run.add_argument("--timeout-min", type=int, help="with --executor submitit: each job's limit in minutes "
-                     "(default 1440)")
+    """The ``run`` command and its options.
+
+    Help texts hold ``{name}`` fields that ``_CatalogParser`` fills from the catalog; a
+    ``%`` in them must be written ``%%`` (argparse formats them too).
+    """
+    run = sub.add_parser("run", help="run a preset and write records and a report",
+                         description="Train every method of a preset under one budget, compress each to every "
+                         "target, measure, and write results.jsonl, config.json and report.md. Options change "
+                         "one field of the preset each; an option not given keeps the preset's value, and "
+                         "`lorita-bench list PRESET` shows every value of a preset.")
+    d = PRESETS_DEFAULT
+    run.add_argument("--preset", default="quick", metavar="NAME",
+                     help="the configuration to start from, one of: {presets}. `lorita-bench list` says what "
+                     "each one runs and how long it takes (default: quick)")
+    run.add_argument("--out", metavar="DIR", help="folder for results.jsonl, config.json and report.md; a re-run "
+                     "into the same folder resumes (default: out/PRESET, e.g. out/quick)")
+    run.add_argument("--dataset", metavar="NAME", help=f"data set to train and test on, one of: {{datasets}} ({d})")
+    run.add_argument("--model", metavar="NAME", help="model, one of: {models}; another model than the preset's "
+                     f"starts from its own defaults, not the preset's --model-options ({d})")
+    run.add_argument("--model-options", metavar="KEY=VALUE,…", help="options of the model's builder, e.g. "
+                     "width=0.5 (`lorita-bench list` names each model's options), merged into the preset's; "
+                     f"checked before any training ({d})")
+    run.add_argument("--latency-rounds", type=int, metavar="N", help="timed rounds of every latency measurement, "
+                     f"reported as median and IQR ({d}: 30 for most, 20 for ci)")
+    run.add_argument("--throughput-batch", type=int, metavar="N", help="batch size of the second latency "
+                     f"measurement, beside batch 1 ({d}: 256)")
+    run.add_argument("--methods", metavar="M,M,…", help=f"comma-separated, from: {{methods}} ({d})")
+    run.add_argument("--targets", metavar="KIND:DROP,…", help="compression targets: KIND from {target_kinds}, "
+                     f"drops as fractions in (0, 1), e.g. params:0.5,0.7,0.9 or params:0.5,flops:0.7 ({d})")
+    run.add_argument("--epochs", type=int, metavar="N", help="total epochs of every method, before plus after "
+                     f"compression ({d})")
+    run.add_argument("--finetune-epochs", type=int, metavar="N", help="of --epochs, those spent fine-tuning after "
+                     f"compression, at every target ({d})")
+    run.add_argument("--batch-size", type=int, metavar="N", help=f"training batch size, for every method ({d})")
+    run.add_argument("--optimizer", metavar="NAME", help=f"one of: {{optimizers}} ({d})")
+    run.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate before compression ({d})")
+    run.add_argument("--finetune-lr", type=float, metavar="LR", help=f"peak learning rate of fine-tuning after "
+                     f"compression ({d})")
+    run.add_argument("--weight-decay", type=float, metavar="WD", help="with sgd the coupled L2 penalty LoRITa's "
+                     f"theory is stated for; with adamw decoupled decay ({d})")
+    run.add_argument("--schedule", metavar="NAME", help=f"learning-rate schedule, one of: {{schedules}} ({d})")
+    run.add_argument("--label-smoothing", type=float, metavar="EPS", help="cross-entropy label smoothing, in "
+                     f"[0, 1) ({d})")
+    run.add_argument("--no-amp", action="store_true", help="train without bf16 autocast on CUDA; CPU runs never "
+                     "use it (default: the preset's: autocast on, except the repro-* presets)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (default: "
+                     "off, as in every preset)")
+    run.add_argument("--cache-dir", metavar="DIR", help="trained-model checkpoints, shared by runs (default: "
+                     "$LORITA_BENCH_CACHE, else ~/.cache/lorita-bench/checkpoints)")
+    run.add_argument("--seeds", metavar="S,S,…", help="comma-separated seeds; several give mean ± std "
+                     f"({d}: 0)")
+    run.add_argument("--device", metavar="DEV", help=f"cpu, cuda or cuda:N ({d}: cpu for quick, ci and the "
+                     "*-fcn presets, cuda for the others)")
+    run.add_argument("--data-dir", metavar="DIR", help="data set folder in torchvision's layout; digits needs "
+                     "none (default: $LORITA_BENCH_DATA, else ~/.cache/lorita-bench/data)")
+    run.add_argument("--download", action="store_true", help="fetch missing data sets into the data folder; needs "
+                     "internet (default: off)")
+    run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
+                     "terminal; elsewhere one line per training, fine-tuning and run)")
+    run.add_argument("--executor", default="local", metavar="KIND", help="where training jobs run, one of: "
+                     "{executors}. local: in this process, one after another; submitit: one job per trained "
+                     "model, needs pip install 'lorita-bench[slurm]' (default: local)")
+    run.add_argument("--cluster", metavar="KIND", help="with --executor submitit, one of: {clusters}; local runs "
+                     "subprocesses here, debug runs in this process (default: slurm where SLURM's srun is "
+                     "on the PATH, else local)")
+    run.add_argument("--slurm-partition", metavar="NAME", help="with --executor submitit on SLURM: the partition "
+                     "(default: the cluster's default partition)")
+    run.add_argument("--gpus-per-job", type=int, metavar="N", help="with --executor submitit (default: 1 on cuda, "
+                     "else 0)")
+    run.add_argument("--max-parallel", type=int, metavar="N", help="with --executor submitit on SLURM: array tasks "
+                     "at once (default: submitit's, 256)")
+    run.add_argument("--timeout-min", type=int, metavar="MIN", help="with --executor submitit: each job's limit in "
+                     "minutes (default: 1440)")
     run.set_defaults(fn=_cmd_run)
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lorita-bench", description="LoRITa vs structured pruning, "
                                  "under identical training budgets.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="registered presets, datasets, models and methods").set_defaults(fn=_cmd_list)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_CatalogParser)
+    lst = sub.add_parser("list", help="registered presets (what each runs, how long), datasets, models and methods",
+                         description="Print every registered preset, dataset, model and method with a one-line "
+                         "description; with PRESET, that preset's whole configuration.")
+    lst.add_argument("preset", nargs="?", metavar="PRESET", help="show this preset's fields: dataset, model and "
+                     "options, methods, targets, budget, seeds, device (default: list everything)")
+    lst.set_defaults(fn=_cmd_list)
     _add_run(sub)
     rep = sub.add_parser("report", help="render report.md, tables and figures from results")
     rep.add_argument("sources", nargs="+", help="run folders, results.jsonl files or pytest-benchmark JSON files")
-    rep.add_argument("--out", required=True)
-    rep.add_argument("--no-plots", action="store_true", help="tables only (skips matplotlib)")
+    rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, tables and figures "
+                     "(required)")
+    rep.add_argument("--no-plots", action="store_true", help="tables only, skips matplotlib (default: off)")
     rep.set_defaults(fn=_cmd_report)
     cmp = sub.add_parser("compare", help="regression gate: exit 1, one line per problem, when NEW falls short "
                          "of REFERENCE")
     cmp.add_argument("reference", help="committed reference results (e.g. reference/ci.jsonl)")
     cmp.add_argument("new", help="the new run: a run folder, results.jsonl or pytest-benchmark JSON")
-    cmp.add_argument("--acc-tol", type=float, default=0.01,
-                     help="largest accepted accuracy fall, as a fraction (default 0.01 = 1 pp); params and "
-                     "MACs must match exactly")
+    cmp.add_argument("--acc-tol", type=float, default=0.01, metavar="TOL",
+                     help="largest accepted accuracy fall, as a fraction; params and MACs must match exactly "
+                     "(default: 0.01 = 1 pp)")
     cmp.set_defaults(fn=_cmd_compare)
     return ap
 

@@ -7,7 +7,7 @@ carries the spelling, so an error names the flag the user typed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,23 +35,36 @@ SUITE_FLAGS = Flags(device="--lorita-device", data_dir="--lorita-data-dir")
 def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None = None,
                    budget_changes: Mapping[str, Any] | None = None,
                    model_options: Mapping[str, Any] | None = None, data_dir: str | Path | None = None,
-                   download: bool = False, runs_here: bool = True) -> Preset:
+                   download: bool = False, runs_here: bool = True,
+                   note: Callable[[str], None] | None = None) -> Preset:
     """The registered preset ``name`` with ``changes`` (``Preset`` fields; ``None`` values are
-    ignored), ``budget_changes`` (``Budget`` fields) and ``model_options`` (merged into the
-    preset's) applied, checked to run here.
+    ignored), ``budget_changes`` (``Budget`` fields) and ``model_options`` applied, checked to
+    run here.
 
-    ``runs_here`` says whether the jobs run on this machine, whose CUDA is then theirs (jobs
-    sent to a cluster find the node's GPU, or fail there as failed records). Raises
-    ``UsageError`` for an unknown name or a bad value (named by the preset and budget
-    validators), a ``data_dir`` that is not a folder (unless ``download``), and a CUDA device
-    where jobs run here without CUDA.
+    ``model_options`` are merged into the preset's when the model stays the preset's; a
+    ``changes["model"]`` naming another model starts from that model's own defaults, so the
+    preset's options (an FCN's depth and width) are dropped, and ``note`` is told so in one
+    line. ``runs_here`` says whether the jobs run on this machine, whose CUDA is then theirs
+    (jobs sent to a cluster find the node's GPU, or fail there as failed records). The model
+    is built once on the meta device at the data set's input shape (``check_model_builds``),
+    so that a bad option fails here, before any training, and not as a failed record per run.
+    Raises ``UsageError`` for an unknown name or a bad value (named by the preset, budget and
+    model-option validators), a ``data_dir`` that is not a folder (unless ``download``), a CUDA
+    device where jobs run here without CUDA, and model options the builder rejects.
     """
     preset = PRESETS.get(name)
     changes = dict(changes or {})
     if budget_changes:
         changes["budget"] = replace(preset.budget, **budget_changes)
-    if model_options:
-        changes["model_options"] = {**preset.model_options, **model_options}
+    options, dropped = preset.model_options, None
+    model = changes.get("model")
+    if model is not None and model != preset.model:
+        if options and not model_options:
+            shown = ",".join(f"{k}={v}" for k, v in options.items())
+            dropped = (f"preset {name!r} sets model options {shown} for {preset.model}; --model {model} starts "
+                       "from its own defaults instead (set some with --model-options)")
+        options = {}
+    changes["model_options"] = {**options, **(model_options or {})}
     preset = preset.override(**changes)
     if data_dir is not None and not download and not Path(data_dir).is_dir():
         also = f", or add {flags.download}" if flags.download else ""
@@ -60,4 +73,37 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
     if runs_here and torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"preset {name!r} runs on {preset.device!r} but CUDA is not available here; accepted: "
                          f"{flags.device} cpu, or a machine with a CUDA GPU")
+    check_model_builds(preset, data_dir=data_dir, download=download)
+    if dropped is not None and note is not None:  # only once the run is known to be valid
+        note(dropped)
     return preset
+
+
+def check_model_builds(preset: Preset, *, data_dir: str | Path | None = None, download: bool = False) -> None:
+    """Build ``preset``'s model once with its options, on the meta device (no memory, no time), at
+    the input shape and classes of its data set; ``UsageError`` naming the options if that fails.
+
+    The data set is loaded for its shape (the jobs load it again; it is the build of a model
+    that may fail for a shape, e.g. a ViT patch that does not divide the image). A builder
+    that cannot run on the meta device is built on the CPU instead.
+    """
+    from bench.catalog import data as data_mod
+    from bench.catalog.models import build
+
+    splits = data_mod.load(preset.dataset, data_dir=Path(data_dir) if data_dir is not None else None,
+                           download=download)
+    shape, classes = splits.input_shape, splits.num_classes
+    del splits
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                build(preset.model, classes, shape, preset.model_options)
+            return
+        except UsageError:
+            raise
+        except Exception as err:  # the options are the user's: whatever the builder raises names them
+            failure = f"{type(err).__name__}: {err}"
+    shown = ",".join(f"{k}={v}" for k, v in preset.model_options.items()) or "no options"
+    raise UsageError(f"model {preset.model!r} cannot be built with {shown} for {preset.dataset} "
+                     f"(input {tuple(shape)}, {classes} classes): {failure}; accepted: options its builder takes "
+                     "(see `lorita-bench list`)")

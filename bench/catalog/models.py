@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
+import inspect
 import math
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -171,7 +175,8 @@ def resnet56(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0)
 
 
 @MODELS.register("vit", description="timm VisionTransformer for small images: patch 4, embed_dim 192, "
-                 "depth 6, 3 heads, mlp_ratio 2 (options: those, plus any VisionTransformer keyword)")
+                 "depth 6, 3 heads, mlp_ratio 2 (options: those, plus any VisionTransformer keyword)",
+                 options_to="timm.models.vision_transformer:VisionTransformer")
 def vit(num_classes: int, input_shape: tuple[int, ...], patch_size: int = 4, embed_dim: int = 192,
         depth: int = 6, num_heads: int = 3, mlp_ratio: float = 2.0, **options: Any) -> nn.Module:
     """timm's ``VisionTransformer`` with image size and channels taken from ``input_shape``.
@@ -245,6 +250,103 @@ def resolve(name: str) -> Callable[..., nn.Module]:
         _check_timm_arch(arch)
         return functools.partial(timm_model, arch)
     return MODELS.get(name)
+
+
+# Set by the suite from the data set and the run, never by a model option.
+SUITE_SET = ("num_classes", "input_shape", "img_size", "in_chans", "pretrained", "device", "dtype")
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    try:  # this module's annotations are strings (``from __future__ import annotations``)
+        return inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError, SyntaxError):
+        return inspect.signature(fn)
+
+
+def option_parameters(name: str) -> dict[str, inspect.Parameter] | None:
+    """The options model ``name`` accepts, by name, or ``None`` where they cannot be listed.
+
+    A builder's keyword parameters are its options; a builder that passes ``**options`` on
+    names the callable that receives them in its registration (``options_to="module:attr"``),
+    whose parameters count too. ``timm:<arch>`` builders take whatever timm's entry point
+    does, which its signature does not say: ``None``. Parameters the suite sets itself
+    (``SUITE_SET``) are not options.
+    """
+    if name.startswith(TIMM_PREFIX) and name not in MODELS:
+        return None
+    entry = MODELS.entry(name)
+    params = dict(_signature(entry.obj).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        target = entry.meta.get("options_to")
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        params = {**_signature(getattr(importlib.import_module(module), attr)).parameters, **params}
+    return {k: p for k, p in params.items() if k not in SUITE_SET and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def _accepts(annotation: Any, value: object) -> bool:
+    """Whether ``value`` (an int, float, bool or string from the command line) fits ``annotation``;
+    ``True`` where the annotation is missing or not one this can judge (the build decides)."""
+    if annotation is inspect.Parameter.empty or annotation is Any or isinstance(annotation, str):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, type) or annotation in (tuple, list, type):
+        return isinstance(value, origin or annotation)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    """``annotation`` in words, for an error message."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is type or annotation is type:
+        return "a class (not settable from the command line)"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
+    return words.get(annotation, getattr(annotation, "__name__", str(annotation).replace("typing.", "")))
+
+
+def check_options(name: str, options: dict[str, Any] | None) -> None:
+    """Raise ``UsageError`` for an option model ``name`` does not take, or of a type it does not accept.
+
+    Names are checked against ``option_parameters`` (with close matches and every accepted
+    name), values against the parameter's annotation. Ranges and combinations (a width ≤ 0,
+    heads that do not divide the embedding) are the builder's own checks: build the model to
+    run them (``bench.frontend`` builds it once on the meta device).
+    """
+    params = option_parameters(name)
+    if params is None:
+        return
+    for key, value in (options or {}).items():
+        if key in SUITE_SET:
+            raise UsageError(f"model option {key!r} is set by the suite from the data set and the run; "
+                             f"accepted for model {name!r}: {', '.join(params) or 'no options'}")
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"unknown option {key!r} for model {name!r}{hint}; accepted: "
+                             f"{', '.join(params) or 'no options'}")
+        annotation = params[key].annotation
+        if not _accepts(annotation, value):
+            raise UsageError(f"bad option {key}={value!r} for model {name!r}; accepted: {_describe(annotation)}")
 
 
 def build(name: str, num_classes: int, input_shape: tuple[int, ...], options: dict[str, Any] | None = None

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.catalog.budget import Budget, Target
-from bench.catalog.models import resolve
+from bench.catalog.models import check_options, resolve
 from bench.catalog.registry import DATASETS, METHODS, PRESETS
 from bench.records.errors import UsageError
 
@@ -38,6 +38,7 @@ class Preset:
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
         resolve(self.model)  # registered names and timm:<arch>
+        check_options(self.model, self.model_options)  # names and types; the builder checks ranges
         for m in self.methods:
             METHODS.entry(m)
         if not self.methods:
@@ -80,7 +81,12 @@ PRESETS.add("quick", Preset(
     targets=(Target(kind="params", drop=0.5), Target(kind="params", drop=0.7),
              Target(kind="params", drop=0.9)),
     budget=QUICK_BUDGET), description="LoRITa N=1,2,3 vs L1-filter, group-L2, Taylor, random and "
-    "unstructured magnitude pruning, FCN on digits, params drop 50/70/90%; under a minute on 2 CPU cores")
+    "unstructured magnitude pruning, FCN on digits, params drop 50/70/90%; CPU, about 30 s on 2 cores")
+
+# CPU times in the descriptions: wall time of `lorita-bench run --preset NAME` from an empty cache
+# with OMP_NUM_THREADS=1 on 2 shared AMD EPYC cores (load average ~7 from other jobs): quick 31 s,
+# ci 16 s. The *-fcn hour is extrapolated from fashion-mnist-fcn with 3 methods at 3 epochs
+# (142 s: 7-15 s per epoch plain, ~25 s at N=3), 8 methods × 40 epoch-equivalents.
 
 # The regression gate's preset: small enough to run twice in CI on 2 CPU cores, with a LoRITa
 # N=1 vs N=3 pair and a pruning baseline so that a broken method, counter or budget shows up.
@@ -91,7 +97,7 @@ PRESETS.add("ci", Preset(
     targets=(Target(kind="params", drop=0.5), Target(kind="params", drop=0.8)),
     budget=replace(QUICK_BUDGET, epochs=20, finetune_epochs=3), latency_rounds=20),
     description="regression gate: LoRITa N=1,3 vs L1 filter pruning, FCN on digits, params drop "
-    "50/80%, 20 epochs; results committed as reference/ci.jsonl")
+    "50/80%, 20 epochs; CPU, about 15 s on 2 cores; results committed as reference/ci.jsonl")
 
 # The paper's workloads under the suite's identical-budget protocol. Data come from
 # --data-dir (torchvision's layout) or --download; one modern GPU is assumed for the CIFAR
@@ -115,7 +121,7 @@ for _dataset in ("mnist", "fashion-mnist"):
         dataset=_dataset, model="fcn", model_options={"depth": 4, "width": 512}, methods=PAPER_METHODS,
         targets=PAPER_TARGETS[:3], budget=FCN_BUDGET),
         description=f"paper workload: FCN (4×512) on {_dataset}, LoRITa N=1..3 vs pruning, params drop "
-        "50/70/90%")
+        "50/70/90%; CPU, about 1 h on 2 cores (estimated from a 3-epoch run)")
 for _dataset, _model in (("cifar10", "vgg16"), ("cifar10", "resnet20"), ("cifar100", "vgg16")):
     PRESETS.add(f"{_dataset}-{_model}", Preset(
         dataset=_dataset, model=_model, methods=CONV_METHODS, targets=PAPER_TARGETS, budget=CIFAR_BUDGET,

@@ -27,6 +27,7 @@ import torch
 
 import bench
 from bench.catalog import data as data_mod
+from bench.execution import progress as progress_out
 from bench.execution.job import JobResult, TrainJob, run_job
 from bench.records.errors import UsageError
 from bench.records.results import Record
@@ -157,21 +158,22 @@ def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool) -> 
     preset = jobs[0].preset
     data_dir = Path(jobs[0].data_dir) if jobs[0].data_dir is not None else None
     data = data_mod.load(preset.dataset, data_dir=data_dir, download=download).to(preset.device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc="suite", unit="run")
+    bar = progress_out.bar(len(jobs), desc="suite", unit="run") if progress else None
     try:
-        for job in jobs:
+        for i, job in enumerate(jobs, 1):
             try:
                 result = run_job(job, data, progress=progress)
             except Exception as err:  # one failing method must not sink the others
                 log.exception("%s failed", job.label)
-                yield Finished(job=job, error=f"{type(err).__name__}: {err}")
+                done = Finished(job=job, error=f"{type(err).__name__}: {err}")
             else:
-                yield Finished.of(job, result)
+                done = Finished.of(job, result)
             if bar is not None:
                 bar.update()
+            elif progress:
+                progress_out.line(f"suite: {i}/{len(jobs)} runs done ({job.label}: "
+                                  f"{'failed' if done.error else 'done'})")
+            yield done
     finally:
         if bar is not None:
             bar.close()
@@ -233,12 +235,9 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
         order: Iterator[Any] = iter(handles)
     else:
         order = submitit.helpers.as_completed(handles, poll_frequency=POLL_S.get(config.cluster, POLL_S["local"]))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(handles), desc="jobs", unit="job")
+    bar = progress_out.bar(len(handles), desc="jobs", unit="job") if progress else None
     try:
-        for handle in order:
+        for i, handle in enumerate(order, 1):
             job = by_id[id(handle)]
             try:
                 err = handle.exception()
@@ -253,6 +252,9 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
             if bar is not None:
                 bar.set_postfix_str(f"{job.label}: {'failed' if done.error else 'done'}")
                 bar.update()
+            elif progress:
+                progress_out.line(f"jobs: {i}/{len(handles)} done ({job.label}: "
+                                  f"{'failed' if done.error else 'done'})")
             yield done
     finally:
         if bar is not None:

@@ -23,6 +23,7 @@ from torch import nn
 from bench.catalog.budget import Budget
 from bench.catalog.data import Splits
 from bench.execution import distributed
+from bench.execution import progress as progress_out
 from bench.records.errors import TrainingDiverged
 
 
@@ -31,7 +32,7 @@ class TrainStats:
     steps: int
     wall_s: float
     final_loss: float
-    val_acc: float  # after the last epoch when a progress bar was shown, else NaN (not computed)
+    val_acc: float  # after the last epoch when progress was shown or keep_best, else NaN (not computed)
     best_val_acc: float = float("nan")  # with keep_best: the best validation accuracy of any epoch
     best_epoch: int = 0  # with keep_best: the epoch (1-based) that reached it
     # Peak memory of this training in MiB: CUDA ``max_memory_allocated`` on a GPU, the process's
@@ -156,10 +157,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     _reset_peak_memory(device)
     start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
     best_val_acc, best_epoch, best_state = float("nan"), 0, None
-    bar = None
-    if progress and epochs > 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=desc, unit="ep", leave=False)
+    show = progress and epochs > 0
+    bar = progress_out.bar(epochs, desc=desc, unit="ep", leave=False) if show else None
     model.train()
     for epoch in range(epochs):
         loss_sum, done = _epoch(model, forward, data, budget, opt, sched, gen, nhwc=nhwc, bf16=cuda and amp,
@@ -179,6 +178,11 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
             bar.update()
     if bar is not None:
         bar.close()
+    elif show:  # outside a terminal: one line per training instead of a bar
+        if not keep_best:
+            val_acc = accuracy(model, data.val_x, data.val_y)
+        progress_out.line(f"{desc}: {epochs} ep, {steps} steps, loss {loss_value:.3f}, val_acc {val_acc:.3f}, "
+                          f"{time.perf_counter() - start:.1f}s")
     if nhwc:
         model.to(memory_format=torch.contiguous_format)
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
