@@ -46,9 +46,11 @@ def test_quick_preset_runs_every_method_at_every_target(quick_run, capsys):
 def test_quick_report_holds_the_table_with_the_recorded_numbers(quick_run):
     _, out = quick_run
     report = (out / "report.md").read_text()
-    assert "| Method | N | Target | Base acc | Acc | ΔAcc | FLOPs↓ | Params↓ |" in report
+    assert ("| Method | N | Target | Dense acc | Zero-shot acc (ΔAcc) | Fine-tuned acc (ΔAcc) | FLOPs↓ | Params↓ |"
+            in report)
     for r in load_records(out / "results.jsonl"):
-        assert f"| {r.acc * 100:.2f} |" in report
+        assert f"| {r.acc * 100:.2f} ({(r.acc - r.ref_acc) * 100:+.2f}) |" in report
+        assert f"| {r.acc_zero_shot * 100:.2f} ({(r.acc_zero_shot - r.ref_acc) * 100:+.2f}) |" in report
     assert "FLOPs = 2·MACs" in report
 
 
@@ -59,12 +61,12 @@ def test_rerun_resumes_without_repeating_finished_runs(quick_run, monkeypatch):
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     missing = json.loads(lines[-1])
     calls = []
-    real = job.run_method
+    real = job.run_group
 
-    def counting(preset, method, data, targets, seed, **kw):
-        calls.append((method.name, [t.drop for t in targets]))
-        return real(preset, method, data, targets, seed, **kw)
-    monkeypatch.setattr(job, "run_method", counting)
+    def counting(preset, work, data, seed, **kw):
+        calls.extend((method.name, [t.drop for t in targets]) for method, targets in work)
+        return real(preset, work, data, seed, **kw)
+    monkeypatch.setattr(job, "run_group", counting)
     assert main(["run", "--preset", "quick", "--out", str(out), "--no-progress"]) == 0
     assert calls == [(missing["method"], [missing["target_drop"]])]
     assert len(load_records(out / "results.jsonl")) == len(lines)
