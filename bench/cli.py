@@ -83,8 +83,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Every path the user gave is checked before any training (an unusable one ends in one line).
     from bench.execution import cache
 
-    frontend.check_folder(args.out, "--out")
-    frontend.check_folder(args.cache_dir if args.cache_dir else cache.default_dir(), "--cache-dir")
     if args.data_dir is not None:
         frontend.check_folder(args.data_dir, "--data-dir", create=args.download)
     preset = frontend.resolve_preset(
@@ -92,7 +90,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         budget_changes={k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None},
         model_options=_options(args.model_options) if args.model_options else None,
         data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here)
-    out = Path(args.out)
+    out = frontend.check_folder(args.out, "--out")
+    frontend.check_folder(args.cache_dir if args.cache_dir else cache.default_dir(), "--cache-dir")
     main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
         from bench.execution import distributed
