@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.records.errors import UsageError
+from bench.records.errors import BudgetMismatch, UsageError
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -111,13 +112,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     executor = executors.ExecutorConfig(kind=args.executor, cluster=args.cluster, slurm_partition=args.slurm_partition,
                                         gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
                                         timeout_min=args.timeout_min)
+    # Every path the user gave is checked before any training (an unusable one ends in one line).
+    from bench.execution import cache
+
+    if args.data_dir is not None:
+        frontend.check_folder(args.data_dir, "--data-dir", create=args.download)
     preset = frontend.resolve_preset(
         args.preset, flags=frontend.CLI_FLAGS, changes=_preset_changes(args),
         budget_changes={k: getattr(args, k) for k in BUDGET_FLAGS if getattr(args, k) is not None},
         model_options=_options(args.model_options) if args.model_options else None,
         data_dir=args.data_dir, download=args.download, runs_here=executors.resolve(executor).runs_here,
         note=lambda line: print(f"note: {line}", file=sys.stderr))
-    out = Path(args.out if args.out is not None else f"out/{args.preset}")
+    out = frontend.check_folder(args.out if args.out is not None else f"out/{args.preset}", "--out")
+    frontend.check_folder(args.cache_dir if args.cache_dir else cache.default_dir(), "--cache-dir")
     main_rank = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data parallel training
         from bench.execution import distributed
@@ -302,6 +309,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+# OS errors a user causes with a path (a file where a folder should be, no permission, a full
+# disk): one line and exit 2 like a UsageError. Any other OSError is a bug and stays a traceback.
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                         errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -309,6 +322,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"lorita-bench: error: {err}", file=sys.stderr)
         return 2
+    except BudgetMismatch as err:  # the run's own numbers void the comparison: a failure, not a usage error
+        print(f"lorita-bench: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in USER_ERRNOS:
+            raise
+        where = f" {err.filename}" + (f" → {err.filename2}" if err.filename2 else "") if err.filename else ""
+        print(f"lorita-bench: error: cannot use{where}: {err.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        # Under torchrun: leave the process group on every exit path (see distributed.teardown).
+        distributed = sys.modules.get("bench.execution.distributed")
+        if distributed is not None:
+            distributed.teardown()
 
 
 if __name__ == "__main__":

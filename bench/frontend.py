@@ -7,6 +7,7 @@ carries the spelling, so an error names the flag the user typed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,3 +108,32 @@ def check_model_builds(preset: Preset, *, data_dir: str | Path | None = None, do
     raise UsageError(f"model {preset.model!r} cannot be built with {shown} for {preset.dataset} "
                      f"(input {tuple(shape)}, {classes} classes): {failure}; accepted: options its builder takes "
                      "(see `lorita-bench list`)")
+
+
+def check_folder(path: str | Path, flag: str, *, create: bool = True) -> Path:
+    """``path`` as a folder this process may use, checked before any training; ``UsageError`` naming
+    ``flag`` otherwise.
+
+    With ``create`` (an output or cache folder), a folder that is absent is created and must be
+    writable; without it (an input folder), an existing path must be a readable folder and an
+    absent one is left to the caller (``resolve_preset`` explains a missing data folder).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder; accepted: a folder (or a path to create one)")
+    existing = next((q for q in (p.absolute(), *p.absolute().parents) if q.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be a folder: {existing} is a file; accepted: a path whose "
+                         "parents are folders")
+    if not create:
+        if p.exists() and not os.access(p, os.R_OK | os.X_OK):
+            raise UsageError(f"{flag} {path} is not readable; accepted: a folder this user can read")
+        return p
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{flag} {path} cannot be created ({err.strerror}); accepted: a folder this user "
+                         "can write") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path} is not writable; accepted: a folder this user can write")
+    return p

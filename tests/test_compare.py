@@ -140,3 +140,26 @@ def test_gate_reads_pytest_benchmark_json(reference, tmp_path):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(bench))
     assert compare(reference, load([path]).records).ok
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), float("inf")])
+@pytest.mark.parametrize("field", ["acc", "base_acc", "params", "macs"])
+def test_an_ok_cell_without_a_number_fails(reference, field, value):
+    new = copy.deepcopy(reference)
+    new[2][field] = value
+    result = compare(reference, new)
+    r = reference[2]
+    (problem,) = result.problems
+    assert problem.startswith(f"digits/fcn {r['method']} {r['target_kind']}:{r['target_drop']:g} seed {r['seed']}: "
+                              "ok but without a number")
+    assert f"{value!r}" in problem
+
+
+def test_cli_fails_a_run_whose_accuracies_are_null_or_nan(reference, tmp_path, capsys):
+    new = [{**r, "acc": None if i % 2 else float("nan")} for i, r in enumerate(reference)]
+    path = tmp_path / "new.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in new))  # json writes NaN as NaN, and reads it back
+    assert main(["compare", str(REFERENCE), str(path)]) == 1
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == len(reference)
+    assert f"regression: {len(reference)} problem(s)" in out.err

@@ -70,11 +70,12 @@ def test_records_append_atomically_and_round_trip(tmp_path, monkeypatch):
 
     def crash(*_args):
         raise OSError("disk full")
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "write", crash)  # one write per record: it fails whole or not at all
     with pytest.raises(OSError):
         append_record(path, _record(method="lorita-n2"))
-    assert path.read_bytes() == before  # the interrupted write left the old file whole
-    assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]  # and no temp file behind
+    assert path.read_bytes() == before  # the interrupted append left the old records whole
+    # and nothing behind but the lock file beside the records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl", "results.jsonl.lock"]
 
 
 def test_mismatched_optimizer_steps_void_the_comparison():

@@ -47,6 +47,10 @@ class Preset:
             raise UsageError("no targets given; accepted: e.g. params:0.5,0.7,0.9")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise UsageError(f"bad seeds {self.seeds!r}; accepted: non-negative integers, e.g. 0,1,2")
+        for what, values in (("seeds", self.seeds), ("methods", self.methods), ("targets", self.targets)):
+            if len(set(values)) != len(values):  # each would be run, and recorded, twice
+                twice = sorted({str(v) for v in values if values.count(v) > 1})
+                raise UsageError(f"{what} given twice: {', '.join(twice)}; accepted: each at most once")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"bad device {self.device!r}; accepted: cpu, cuda, cuda:N")
 

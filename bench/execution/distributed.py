@@ -33,6 +33,17 @@ def setup_from_env(device: str) -> str:
     return device
 
 
+def teardown() -> None:
+    """Leave the process group, if this process joined one (a no-op otherwise).
+
+    Call it on every exit path of an entry point that may have called ``setup_from_env``: a group
+    whose threads are still alive at interpreter exit can abort the rank ("terminate called without
+    an active exception"), and torchrun then kills the other ranks with SIGTERM.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

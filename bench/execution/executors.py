@@ -138,29 +138,42 @@ def resolve(config: ExecutorConfig) -> ExecutorConfig:
 
 
 def run_jobs(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path, download: bool = False,
-             progress: bool = True, echo: Callable[[str], None] = print) -> Iterator[Finished]:
+             progress: bool = True, echo: Callable[[str], None] = print,
+             before: Callable[[TrainJob], TrainJob | None] | None = None) -> Iterator[Finished]:
     """Execute ``jobs`` as ``config`` says and yield each one as it finishes (any order).
 
     A job that raises yields a ``Finished`` with ``error`` set and the others go on; the
     caller turns it into failed records. ``folder`` receives submitit's pickles and logs, in
-    one subfolder per call.
+    one subfolder per call. ``before`` is asked, just before a job starts (or is submitted),
+    for what is left of it (``None``: nothing, the job is dropped): another run into the same
+    folder may have recorded some of its targets meanwhile.
     Every job must share one preset (one run).
     """
     if not jobs:
         return
     if config.kind == "local":
-        yield from _in_process(jobs, download=download, progress=progress)
+        yield from _in_process(jobs, download=download, progress=progress, before=before)
     else:
+        if before is not None:
+            jobs = [j for j in map(before, jobs) if j is not None]
+            if not jobs:
+                return
         yield from _submitit(jobs, resolve(config), folder=folder, download=download, progress=progress, echo=echo)
 
 
-def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool) -> Iterator[Finished]:
+def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool,
+                before: Callable[[TrainJob], TrainJob | None] | None = None) -> Iterator[Finished]:
     preset = jobs[0].preset
     data_dir = Path(jobs[0].data_dir) if jobs[0].data_dir is not None else None
     data = data_mod.load(preset.dataset, data_dir=data_dir, download=download).to(preset.device)
     bar = progress_out.bar(len(jobs), desc="suite", unit="run") if progress else None
     try:
-        for i, job in enumerate(jobs, 1):
+        for i, planned in enumerate(jobs, 1):
+            job = before(planned) if before is not None else planned
+            if job is None:
+                if bar is not None:
+                    bar.update()
+                continue
             try:
                 result = run_job(job, data, progress=progress)
             except Exception as err:  # one failing method must not sink the others

@@ -32,9 +32,9 @@ from bench.catalog.protocol import Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.execution import cache, distributed, measure
 from bench.execution.provenance import versions
-from bench.execution.train import TrainStats, accuracy, train
+from bench.execution.train import TrainStats, accuracy, steps_per_epoch, train
 from bench.records.errors import NotApplicable
-from bench.records.results import Record
+from bench.records.results import Record, landing
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
@@ -216,8 +216,10 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
     """``model`` (prepared, untrained) trained in place under the preset's budget, or loaded from
     ``cache_dir`` when a checkpoint of the same key is there (and saved there when not)."""
     budget = preset.budget
-    path = cache_dir / f"{cache.checkpoint_key(preset, method, seed)}.pt" if cache_dir is not None else None
-    meta = cache.load(path, model) if path is not None else None
+    key = cache.checkpoint_key(preset, method, seed)
+    steps = steps_per_epoch(len(data.train_x), budget.batch_size) * budget.train_epochs
+    path = cache_dir / f"{key}.pt" if cache_dir is not None else None
+    meta = cache.load(path, model, key=key, steps=steps) if path is not None else None
     if not distributed.agree(meta is not None, preset.device):  # under torchrun: all ranks load, or all train
         meta = None
     # The validation-selected epoch's weights ride along in a second checkpoint: the protocol
@@ -226,7 +228,7 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
     best_path = path.with_suffix(".best.pt") if path is not None else None
     if meta is not None:
         stats = TrainStats(**meta["stats"])
-        has_best = cache.load(best_path, best) is not None
+        has_best = cache.load(best_path, best, key=key, steps=steps) is not None
         log.info("%s seed %d: trained model from cache %s", method.name, seed, path)
     else:
         stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
@@ -237,8 +239,8 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
             best.load_state_dict(stats.best_state)
         if path is not None and distributed.is_main():
             if has_best:
-                cache.save(best_path, best, {"best_epoch": stats.best_epoch})
-            cache.save(path, model, {"stats": asdict(replace(stats, best_state=None))})
+                cache.save(best_path, best, {"best_epoch": stats.best_epoch}, key=key, steps=stats.steps)
+            cache.save(path, model, {"stats": asdict(replace(stats, best_state=None))}, key=key, steps=stats.steps)
     best_acc = accuracy(method.dense_reference(best).eval(), data.test_x, data.test_y) if has_best else None
     return Trained(model=model, stats=stats, best_acc=best_acc, cached=meta is not None)
 
@@ -292,9 +294,10 @@ def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, d
         ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr, seed=seed + 1,
                    progress=progress, desc=f"{method.name} {target} fine-tune", **preset.speed())
         deployed = method.finalize(deployed).eval()
-        return Record(**base, **dense.fields, **zero_shot,
-                      **_deployed_fields(preset, method, deployed, out, data, dense),
-                      **_training_fields(preset, trained.stats, ft)), deployed
+        r = Record(**base, **dense.fields, **zero_shot,
+                   **_deployed_fields(preset, method, deployed, out, data, dense),
+                   **_training_fields(preset, trained.stats, ft))
+        return replace(r, **landing(target.kind, target.drop, r.params_drop, r.flops_drop, r.note)), deployed
     except NotApplicable as why:
         return Record(**base, status="skipped", reason=str(why)), None
     except Exception as err:

@@ -9,9 +9,10 @@ one way: runner → executors → job → train / measure.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.catalog.budget import Target
 from bench.catalog.presets import Preset
@@ -19,11 +20,23 @@ from bench.catalog.protocol import PLAIN
 from bench.catalog.registry import METHODS
 from bench.execution import cache, distributed, executors
 from bench.execution.job import TrainJob, failed_records
-from bench.records.results import CONFIG, RESULTS, Record, append_record, atomic_write_text, load_records
+from bench.records.errors import BudgetMismatch, UsageError
+from bench.records.results import (
+    CONFIG,
+    DONE,
+    RESULTS,
+    Record,
+    append_record,
+    atomic_write_text,
+    clean_stale_temp,
+    load_records,
+    locked,
+    set_aside_torn_tail,
+)
+from bench.records.sources import config_hash
 
-
-class BudgetMismatch(RuntimeError):
-    """Methods of one suite used different numbers of optimizer steps: the comparison is void."""
+__all__ = ["BudgetMismatch", "check_budget", "known_references", "plan", "run", "with_reference"]
+HASHED = ("dataset", "model", "model_options", "budget", "device", "amp")  # the fields of Preset.config_hash
 
 
 def check_budget(records: list[Record]) -> None:
@@ -85,6 +98,124 @@ def with_reference(record: Record, ref: tuple[float, float | None] | None) -> Re
     return replace(record, ref_acc=ref[0], ref_val_acc=ref[1], delta_acc=record.acc - ref[0])
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``budget.epochs 3 → 40, …``: the hashed fields in which two config.json dicts differ."""
+    # Through JSON, as config.json holds them: a tuple and the list it was written as are equal.
+    a, b = (_flat(json.loads(json.dumps({k: d.get(k) for k in HASHED}))) for d in (old, new))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in keys) or "no hashed field (another harness version)"
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not JSON ({err.msg}); accepted: the config.json a run wrote (or remove "
+                         "it together with results.jsonl, or --out to another folder)") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is not a run's config.json; accepted: --out to another folder")
+    return config
+
+
+def _merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` widened to describe ``old``'s records too: the union of methods, targets and seeds."""
+    if not old:
+        return new
+    union = dict(new)
+    for key in ("methods", "targets", "seeds"):
+        both = [*old.get(key, ()), *new[key]]
+        union[key] = list({json.dumps(v, sort_keys=True): v for v in both}.values())
+    if "published" not in union and old.get("published"):
+        union["published"] = old["published"]
+    return union
+
+
+def _claim(out_dir: Path, preset: Preset, published: list[dict] | None, echo: Callable[[str], None], *,
+           write: bool) -> set[tuple]:
+    """Check that ``out_dir`` may take this run's records and return the keys already done there.
+
+    Call it holding ``locked(out_dir / RESULTS)``. With ``write`` (the one writing process), first
+    removes leftover temp files, sets a torn last line aside, and then writes config.json, widened
+    to the union of every run's methods, targets and seeds. Raises ``UsageError`` when the folder
+    holds records (or a config.json) of another configuration: config.json always describes every
+    record in its folder, so runs never mix silently.
+    """
+    results, chash = out_dir / RESULTS, preset.config_hash()
+    if write:
+        clean_stale_temp(out_dir)
+        torn = set_aside_torn_tail(results)
+        if torn is not None:
+            echo(f"{results}:{torn[1]} was cut off (a run killed mid-write): set aside, the whole file kept "
+                 f"in {torn[0]}; resuming")
+    records = load_records(results)
+    old = _read_config(out_dir / CONFIG)
+    hashes = {r.config_hash for r in records if r.config_hash}
+    old_hash = config_hash(old) if old else None
+    if old_hash is not None and old_hash not in hashes and len(hashes) == 1:
+        old_hash = next(iter(hashes))  # written by an older harness whose Budget had other fields
+    others = sorted((hashes | ({old_hash} if old_hash else set())) - {chash})
+    new = {**preset.to_dict(), "config_hash": chash, **({"published": published} if published else {})}
+    if others:
+        fields = _differences(old, new) if old and old_hash != chash else "unknown (no config.json describes them)"
+        raise UsageError(f"{out_dir} holds results of another configuration (config {', '.join(others)}; this run "
+                         f"{chash}; differs in {fields}); accepted: --out to another folder, or this folder's "
+                         "configuration")
+    if write:
+        atomic_write_text(out_dir / CONFIG, json.dumps(_merged(old, new), indent=2, sort_keys=True) + "\n")
+    return {r.key for r in records if r.status in DONE}
+
+
+def _done(results: Path) -> set[tuple]:
+    with locked(results):
+        return {r.key for r in load_records(results) if r.status in DONE}
+
+
+def _still_to_run(results: Path, echo: Callable[[str], None]) -> Callable[[TrainJob], TrainJob | None]:
+    """The job with the targets that no other run has recorded meanwhile (``None``: none left)."""
+    def pending(job: TrainJob) -> TrainJob | None:
+        if not job.work:  # a reference-only job: nothing recorded for it to find
+            return job
+        done, p = _done(results), job.preset
+        work = tuple((name, left) for name, targets in job.work
+                     if (left := tuple(t for t in targets if (p.config_hash(), p.dataset, p.model, name, t.kind,
+                                                               t.drop, job.seed) not in done)))
+        if not work:
+            echo(f"{job.label}: every target already recorded (by another run into this folder); skipped")
+            return None
+        return replace(job, work=work) if work != job.work else job
+    return pending
+
+
+def _append(results: Path, records: Iterable[Record], echo: Callable[[str], None]) -> None:
+    """Append the records whose cell is not done yet, under the lock, checking the budget first."""
+    with locked(results):
+        have = load_records(results)
+        done = {r.key for r in have if r.status in DONE}
+        for r in records:
+            if r.key in done:
+                echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: already recorded by another "
+                     "run into this folder; not written again")
+                continue
+            check_budget([*(h for h in have if h.config_hash == r.config_hash), r])  # before it is written
+            append_record(results, r, lock_held=True)
+            have.append(r)
+            if r.status in DONE:
+                done.add(r.key)
+            if r.status != "ok":
+                echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")
+
+
 def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download: bool = False,
         progress: bool = True, echo: Callable[[str], None] = print, cache_dir: Path | None = None,
         executor: executors.ExecutorConfig | None = None, published: list[dict] | None = None) -> list[Record]:
@@ -101,28 +232,33 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     under the same config hash is not run again; trained models come from ``cache_dir``
     (default ``bench.execution.cache.default_dir()``) when there. The resolved preset is saved
     as ``out_dir/config.json``, with ``published`` (the preset's published numbers) when given.
-    The front ends check the data folder and CUDA before calling this (``bench.frontend``).
-    Raises ``UsageError`` for submitit asked and not installed; ``BudgetMismatch`` (see
-    ``check_budget``).
+    Several runs may share ``out_dir``: what is done is re-read under the folder's lock before
+    each job and before each record is written, so each cell is recorded once. A torn last
+    line (a run killed mid-write) is set aside in ``results.jsonl.corrupt``.
+    The front ends check the paths, the data folder and CUDA before calling this (``bench.frontend``).
+    Raises ``UsageError`` for submitit asked and not installed, a folder holding records of another
+    configuration, or a malformed results.jsonl; ``BudgetMismatch`` (see ``check_budget``),
+    before the record that would void the comparison is written.
     """
     config = executor if executor is not None else executors.ExecutorConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()  # under torchrun every rank computes, rank 0 alone writes
-    if main:
-        config_json = {**preset.to_dict(), **({"published": published} if published else {})}
-        atomic_write_text(out_dir / CONFIG, json.dumps(config_json, indent=2, sort_keys=True) + "\n")
     results = out_dir / RESULTS
-    existing = load_records(results)
-    done = {r.key for r in existing if r.status in ("ok", "skipped")}
-    refs = known_references(existing, preset)
-    jobs = plan(preset, done, cache_dir=Path(cache_dir) if cache_dir is not None else cache.default_dir(),
-                data_dir=data_dir, references=frozenset(refs))
+    with locked(results):
+        done = _claim(out_dir, preset, published, echo, write=main)
+        refs = known_references(load_records(results), preset)
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_dir()
+    if main:
+        clean_stale_temp(cache_dir)
+    jobs = plan(preset, done, cache_dir=cache_dir, data_dir=data_dir, references=frozenset(refs))
+    # Under torchrun every rank must run the same jobs, so only the start-up state decides there.
+    before = None if distributed.active() else _still_to_run(results, echo)
     # A seed's records wait for its plain job (local executors run it first, so they rarely do).
     awaiting = {j.seed for j in jobs if j.pretraining == PLAIN}
     held: dict[int, list[Record]] = {}
     for finished in executors.run_jobs(jobs, config, folder=out_dir / executors.SUBMITIT_FOLDER,
-                                       download=download, progress=progress, echo=echo):
+                                       download=download, progress=progress, echo=echo, before=before):
         job = finished.job
         records = finished.records if finished.error is None else failed_records(job, finished.error)
         if job.pretraining == PLAIN:
@@ -131,18 +267,17 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
                 refs[job.seed] = (finished.dense_acc, finished.dense_val_acc)
         held.setdefault(job.seed, []).extend(records)
         for seed in [s for s in held if s not in awaiting]:
-            _append(results, [with_reference(r, refs.get(seed)) for r in held.pop(seed)], main=main, echo=echo)
-    for seed in list(held):  # a plain job that never reported (cannot happen with the executors here)
-        _append(results, held.pop(seed), main=main, echo=echo)
+            records = [with_reference(r, refs.get(seed)) for r in held.pop(seed)]
+            if main:
+                _append(results, records, echo)
+    if held:  # a plain job skipped because another run recorded it meanwhile: its records hold the reference
+        refs.update(known_references(load_records(results), preset))
+        for seed in list(held):
+            records = [with_reference(r, refs.get(seed)) for r in held.pop(seed)]
+            if main:
+                _append(results, records, echo)
     if not main:
         return []
     mine = [r for r in load_records(results) if r.config_hash == preset.config_hash()]
     check_budget(mine)
     return mine
-
-
-def _append(results: Path, records: list[Record], *, main: bool, echo: Callable[[str], None]) -> None:
-    for r in records if main else ():
-        append_record(results, r)
-        if r.status != "ok":
-            echo(f"{r.method} {r.target_kind}:{r.target_drop:g} seed {r.seed}: {r.status} ({r.reason})")

@@ -2,7 +2,8 @@
 the file names of a run folder, reading records back from any source, and the regression gate.
 
     results.py  Record, atomic JSONL append, RESULTS / CONFIG / BENCH_KEY file and key names
-    errors.py   UsageError (bad input, one line), TrainingDiverged (failed), NotApplicable (skipped)
+    errors.py   UsageError (bad input, one line), TrainingDiverged (failed), NotApplicable (skipped),
+                BudgetMismatch (a void comparison, refused before it is written)
     sources.py  records from run folders, results JSONL and pytest-benchmark JSON
     compare.py  the regression gate: new records against a reference, cell by cell
 

@@ -4,7 +4,9 @@ A cell is one (dataset, model, method, target, seed). The gate fails when a cell
 (or its dense model's) falls by more than a tolerance, when params or MACs of a deployed or
 dense model change at all (they are deterministic counts, so any change is a real change of
 method or counter), when a cell that succeeded now fails, when a cell or a whole method
-disappears, or when the run's config hash no longer matches the reference's. Timing is not
+disappears, when the run's config hash no longer matches the reference's, or when an ok record
+of the new run lacks a number (an accuracy, params or MACs that is missing, NaN or infinite: a
+run that produced no number must not pass). Timing is not
 gated here: latencies depend on the machine, so they are compared by pytest-benchmark's
 ``--benchmark-compare-fail`` on a matching machine only (see ``bench/suite``).
 """
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.errors import UsageError
+from bench.records.results import finite
 from bench.records.sources import load
 
 DEFAULT_ACC_TOL = 0.01  # a fraction, like the records' accuracies: 0.01 = 1 percentage point
 COUNTS = (("params", "params"), ("macs", "MACs"), ("dense_params", "dense params"), ("dense_macs", "dense MACs"))
 ACCURACIES = (("acc", "accuracy"), ("base_acc", "dense accuracy"), ("acc_top5", "top-5 accuracy"))
+REQUIRED = (("acc", "accuracy"), ("base_acc", "dense accuracy"), *COUNTS)  # every ok record has these numbers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +93,11 @@ def compare(reference: Iterable[Any], new: Iterable[Any], *, acc_tol: float = DE
                         "(the preset's dataset, model or budget changed: numbers are not comparable; "
                         "regenerate the reference if the change is intended)")
     _missing(ref, got, partial, problems, notes)
+    for key, n in got.items():
+        if n.get("status") == "ok":
+            bad = [f"{what} {n.get(field)!r}" for field, what in REQUIRED if not finite(n.get(field))]
+            if bad:
+                problems.append(f"{_name(key)}: ok but without a number: {', '.join(bad)} (missing or not finite)")
     checked = 0
     for key, r in ref.items():
         if key in got:
@@ -136,12 +145,12 @@ def _cell(name: str, r: Mapping[str, Any], n: Mapping[str, Any], acc_tol: float,
         return
     for field, what in ACCURACIES:
         a, b = r.get(field), n.get(field)
-        if a is not None and b is not None and b < a - acc_tol - 1e-12:
+        if finite(a) and finite(b) and b < a - acc_tol - 1e-12:
             problems.append(f"{name}: {what} fell {(a - b) * 100:.2f} pp ({a * 100:.2f}% → {b * 100:.2f}%; "
                             f"tolerance {acc_tol * 100:.2f} pp)")
     for field, what in COUNTS:
         a, b = r.get(field), n.get(field)
-        if a != b:
+        if a != b and finite(b):  # a number the run did not produce is its own problem (see compare)
             problems.append(f"{name}: {what} changed {a} → {b} (counts are deterministic: any change is a "
                             "change of method or counter)")
 

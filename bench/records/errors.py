@@ -11,3 +11,10 @@ class TrainingDiverged(RuntimeError):
 
 class NotApplicable(Exception):
     """A method cannot apply to this model or target; recorded as skipped with this reason."""
+
+
+class BudgetMismatch(RuntimeError):
+    """Methods of one suite used different numbers of optimizer steps: the comparison is void.
+
+    Raised before the offending record is written; the CLI prints it as one line and exits 1.
+    """

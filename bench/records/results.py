@@ -2,23 +2,37 @@
 
 Also the names of the files a run folder holds, written by ``bench.execution.runner`` and the
 suite and read by ``bench.records.sources``: the one place they are spelled.
+
+Several runs may share one folder (two identical runs at once, a wider sweep beside a running
+one): every writer takes ``locked(results)`` — an ``fcntl.flock`` on a lock file beside it —
+and appends a record as one ``O_APPEND`` write, so no record is lost or torn by another writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import math
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
+from bench.records.errors import UsageError
+
 STATUSES = ("ok", "failed", "skipped")
+DONE = ("ok", "skipped")  # statuses a resumed run does not repeat (a failed cell is tried again)
 RESULTS = "results.jsonl"  # a run folder's records, one JSON object a line
 CONFIG = "config.json"  # a run folder's resolved preset (and its published numbers)
 BENCH_KEY = "lorita_bench"  # top-level key the suite adds to pytest-benchmark's JSON (preset and config)
+TARGET_TOLERANCE = 0.01  # an achieved drop farther than this from its target is a missed target
+STALE_TEMP_S = 3600.0  # a temp file of an atomic write older than this is a leftover of a killed writer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +111,10 @@ class Record:
     speedup_bT_hi: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
+    # Drops are fractions: a counted drop (params_drop or flops_drop, as the target's kind) more
+    # than target_tolerance away from target_drop is a missed target, and the note says by how much.
+    target_tolerance: float = TARGET_TOLERANCE
+    target_missed: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -117,6 +135,23 @@ class Record:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def landing(target_kind: str, target_drop: float, params_drop: float | None, flops_drop: float | None,
+            note: str = "", tolerance: float = TARGET_TOLERANCE) -> dict[str, Any]:
+    """The record fields that say whether a deployed model landed on its target.
+
+    ``target_tolerance``, ``target_missed`` (the counted drop of the target's kind is more than
+    ``tolerance`` away from ``target_drop``, either way) and ``note``, which then says so after
+    the method's own ``note``: a missed target must never pass for a landed one.
+    """
+    got = params_drop if target_kind == "params" else flops_drop
+    missed = got is not None and abs(got - target_drop) > tolerance + 1e-12
+    if missed:
+        why = (f"target missed: {target_kind} drop {got * 100:.1f}% for a target of {target_drop * 100:g}% "
+               f"(tolerance {tolerance * 100:g} pp)")
+        note = f"{note}; {why}" if note else why
+    return {"target_tolerance": tolerance, "target_missed": missed, "note": note}
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
     """A file object whose contents replace ``path`` only once the block ends without error.
@@ -125,7 +160,9 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
     a reader (or a crash) sees the old file or the new one, never half of either.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's host and PID in the name let ``clean_stale_temp`` tell a killed writer's
+    # leftover from a live writer's file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=".tmp")
     try:
         # mkstemp creates 0600; the renamed file should have the usual permissions (shared
         # results folders and checkpoint caches are read by other users and jobs).
@@ -148,19 +185,142 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace("-", "_")
+
+
+def _owner() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temp(folder: Path, *, max_age_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove what killed atomic writes left in ``folder`` (``.NAME.HOST-PID.XXXX.tmp``) and return it.
+
+    A temp file goes when its writer ran on this host and its PID is gone, or when it is older
+    than ``max_age_s`` (a writer on another host of a shared file system, or an older harness's
+    file without a PID). A missing folder holds nothing.
+    """
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    host, now = _host(), time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name[1:-len(".tmp")].rsplit(".", 2)
+        owner = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
+        dead = owner[0] == host and owner[2].isdigit() and not _alive(int(owner[2]))
+        try:
+            old = now - tmp.stat().st_mtime > max_age_s
+            if dead or old:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another run cleaned it first
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the records file ``path`` for the block (blocks until free).
+
+    An ``fcntl.flock`` on ``PATH.lock`` beside it, released when the block ends or the process
+    dies; every process that reads-then-writes a run folder holds it. Not re-entrant: do not
+    nest two blocks on one path in one process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _parse(path: Path) -> tuple[list[Record], int | None]:
+    """The records of ``path`` and the line number of a torn last line (``None``: none).
+
+    A last line that is not JSON is what a writer killed mid-line leaves; any other line that is
+    not a record raises ``UsageError`` naming file and line.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    out: list[Record] = []
+    for j, (i, line) in enumerate(numbered):
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as err:
+            if j == len(numbered) - 1:
+                return out, i
+            raise UsageError(f"{path}:{i} is not a JSON record ({err.msg}); accepted: one result record a "
+                             "line (fix or remove that line)") from None
+        try:
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            out.append(Record.from_dict(d))
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{path}:{i} is not a result record ({err}); accepted: one result record a "
+                             "line (fix or remove that line)") from None
+    return out, None
+
+
 def load_records(path: Path) -> list[Record]:
-    """Every record in a JSONL file (an absent file has none)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [Record.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    """Every record in a JSONL file (an absent file has none), a torn last line left out.
+
+    Raises ``UsageError`` naming file and line for any other line that is not a record.
+    """
+    return _parse(Path(path))[0]
 
 
-def append_record(path: Path, record: Record) -> None:
-    """Append one record; the file is rewritten atomically, so an interrupt never leaves half a line."""
+def set_aside_torn_tail(path: Path) -> tuple[Path, int] | None:
+    """If ``path`` ends in a torn line, keep a copy of the file and drop that line from it.
+
+    Returns (the copy ``PATH.corrupt``, or ``PATH.corrupt.N`` when that exists already; the torn
+    line's number), or ``None`` when the file is sound. Call it holding ``locked(path)``.
+    """
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + json.dumps(record.to_dict(), sort_keys=True) + "\n")
+    torn = _parse(path)[1]
+    if torn is None:
+        return None
+    copy, n = path.with_name(path.name + ".corrupt"), 1
+    while copy.exists():
+        copy, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+    shutil.copyfile(path, copy)
+    lines = path.read_text(encoding="utf-8").splitlines()[:torn - 1]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return copy, torn
+
+
+def append_record(path: Path, record: Record, *, lock_held: bool = False) -> None:
+    """Append one record as one line, in one ``O_APPEND`` write, fsynced.
+
+    Takes ``locked(path)`` unless the caller holds it already (``lock_held``), so concurrent
+    appenders (several runs, or processes, into one folder) never lose or interleave a record.
+    """
+    path = Path(path)
+    with contextlib.nullcontext() if lock_held else locked(path):
+        data = (json.dumps(record.to_dict(), sort_keys=True) + "\n").encode()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a record to a torn line
+                data = b"\n" + data
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write appending to {path}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a number that is neither NaN nor infinite (``None`` is not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

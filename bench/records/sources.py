@@ -84,6 +84,30 @@ def _dense_cell(info: Mapping[str, Any]) -> tuple:
     return (info.get("config_hash"), info["dataset"], info["model"], info["method"], info["seed"])
 
 
+def _check_benchmarks(src: str | Path, benchmarks: Any) -> None:
+    """``UsageError`` naming ``src`` and the entry unless ``benchmarks`` has pytest-benchmark's shape."""
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{src} is not a pytest-benchmark JSON file ({what}); accepted: {ACCEPTED}")
+    if not isinstance(benchmarks, list):
+        raise bad(f"'benchmarks' is {type(benchmarks).__name__}, not a list")
+    for i, bench in enumerate(benchmarks):
+        if not isinstance(bench, dict):
+            raise bad(f"benchmarks[{i}] is {type(bench).__name__}, not an object")
+        for key in ("extra_info", "stats"):
+            if bench.get(key) is not None and not isinstance(bench[key], dict):
+                raise bad(f"benchmarks[{i}].{key} is {type(bench[key]).__name__}, not an object")
+        stats = bench.get("stats") or {}
+        for key in ("median", "iqr"):
+            if key in stats and (not isinstance(stats[key], int | float) or isinstance(stats[key], bool)):
+                raise bad(f"benchmarks[{i}].stats.{key} is {stats[key]!r}, not a number")
+        info = bench.get("extra_info") or {}
+        role = info.get("timed")
+        need = ("dataset", "model", "method", "seed", *(("target_kind", "target_drop") if role == "deployed" else ()))
+        missing = [k for k in need if k not in info] if role in ("deployed", "dense") else []
+        if missing:
+            raise bad(f"benchmarks[{i}].extra_info lacks {', '.join(missing)}")
+
+
 def from_benchmark_json(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Records from a pytest-benchmark JSON written by ``pytest bench --benchmark-json``.
 
@@ -159,6 +183,7 @@ def load(sources: Iterable[str | Path]) -> Loaded:
                 raise UsageError(f"{src} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
             if not isinstance(data, dict) or "benchmarks" not in data:
                 raise UsageError(f"{src} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
+            _check_benchmarks(src, data["benchmarks"])
             recs = from_benchmark_json(data)
             if not recs:
                 raise UsageError(f"{src} holds no lorita-bench benchmarks (none with extra_info.timed); "
