@@ -24,8 +24,9 @@ from bench.records.results import RESULTS, Record, append_record, clean_stale_te
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetune-epochs", "1",
-        "--methods", "lorita-n2", "--targets", "params:0.5", "--latency-rounds", "2"]
-FAKE = ["run", "--preset", "ci", "--no-progress", "--methods", "lorita-n1,l1-filter", "--targets", "params:0.5"]
+        "--methods", "lorita-n1", "--targets", "params:0.5", "--latency-rounds", "2"]
+# Two methods that train different models, so two jobs (lorita-n1 and l1-filter would share one).
+FAKE = ["run", "--preset", "ci", "--no-progress", "--methods", "lorita-n1,lorita-n3", "--targets", "params:0.5"]
 
 
 @pytest.fixture
@@ -47,13 +48,14 @@ def fake_jobs(monkeypatch):
     ran, steps, side = [], {}, {}
 
     def run_job(j, data=None, *, progress=False):
-        ran.append((j.method, tuple(str(t) for t in j.targets)))
-        if j.method in side:
-            side.pop(j.method)()
-        method = METHODS.get(j.method)
-        return [Record(**job.record_base(j.preset, method, t, j.seed), acc=0.9, base_acc=0.95, params=10,
-                       macs=10.0, dense_params=20, dense_macs=20.0, train_steps=steps.get(j.method, 100))
-                for t in j.targets]
+        for name, targets in j.work:
+            ran.append((name, tuple(str(t) for t in targets)))
+            if name in side:
+                side.pop(name)()
+        return job.JobResult(records=tuple(
+            Record(**job.record_base(j.preset, METHODS.get(name), t, j.seed), acc=0.9, base_acc=0.95, params=10,
+                   macs=10.0, dense_params=20, dense_macs=20.0, train_steps=steps.get(name, 100))
+            for name, targets in j.work for t in targets), dense_acc=0.95, dense_val_acc=0.95)
     monkeypatch.setattr(executors, "run_job", run_job)
     return ran, steps, side
 
@@ -124,7 +126,7 @@ def test_four_processes_appending_50_records_each_lose_none(tmp_path):
 def test_a_record_done_meanwhile_is_not_written_and_a_job_done_meanwhile_is_skipped(tmp_path, fake_jobs, capsys):
     ran, _, side = fake_jobs
     out = tmp_path / "run"
-    ci = PRESETS.get("ci").override(methods=("lorita-n1", "l1-filter"), targets=(Target(kind="params", drop=0.5),))
+    ci = PRESETS.get("ci").override(methods=("lorita-n1", "lorita-n3"), targets=(Target(kind="params", drop=0.5),))
 
     def another_run_records_both_cells():  # while our first job runs
         for method in ci.methods:
@@ -132,8 +134,8 @@ def test_a_record_done_meanwhile_is_not_written_and_a_job_done_meanwhile_is_skip
                                                 acc=0.8, train_steps=100))
     side["lorita-n1"] = another_run_records_both_cells
     assert main([*FAKE, "--out", str(out)]) == 0
-    assert ran == [("lorita-n1", ("params:0.5",))]  # l1-filter's job was done by the time it started
-    assert [(r.method, r.acc) for r in load_records(out / RESULTS)] == [("lorita-n1", 0.8), ("l1-filter", 0.8)]
+    assert ran == [("lorita-n1", ("params:0.5",))]  # lorita-n3's job was done by the time it started
+    assert [(r.method, r.acc) for r in load_records(out / RESULTS)] == [("lorita-n1", 0.8), ("lorita-n3", 0.8)]
     assert "already recorded by another run" in capsys.readouterr().err
     ran.clear()
     assert main([*FAKE, "--out", str(out)]) == 0
@@ -198,7 +200,7 @@ def test_a_torn_last_line_is_set_aside_and_the_run_resumes(tmp_path, fake_jobs, 
         f"{out / RESULTS}:2 was cut off (a run killed mid-write): set aside, the whole file kept in "
         f"{out / 'results.jsonl.corrupt'}; resuming"]
     assert (out / "results.jsonl.corrupt").read_text() == torn
-    assert ran == [("l1-filter", ("params:0.5",))]  # only the lost record is redone
+    assert ran == [("lorita-n3", ("params:0.5",))]  # only the lost record is redone
     assert len(load_records(out / RESULTS)) == 2
 
 
@@ -250,10 +252,10 @@ def test_user_caused_os_errors_are_one_line_and_bugs_stay_tracebacks(tmp_path, m
 
 def test_a_budget_mismatch_is_one_line_and_the_bad_record_is_not_written(tmp_path, fake_jobs, capsys):
     _, steps, _ = fake_jobs
-    steps["l1-filter"] = 90
+    steps["lorita-n3"] = 90
     assert main([*FAKE, "--out", str(tmp_path)]) == 1
     line = _one_line(capsys.readouterr().err)
-    assert "different optimizer steps" in line and "l1-filter=90" in line
+    assert "different optimizer steps" in line and "90 steps: lorita-n3 params:0.5 seed 0" in line
     assert [r.method for r in load_records(tmp_path / RESULTS)] == ["lorita-n1"]
 
 
