@@ -65,7 +65,7 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bo
     return step
 
 
-def _timed(step: Step, device: torch.device) -> float:
+def _timed(step: Step, device: torch.device, clock: str = "wall") -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -73,15 +73,23 @@ def _timed(step: Step, device: torch.device) -> float:
         end.record()
         torch.cuda.synchronize(device)
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = timer()
     step()
-    return (time.perf_counter() - t0) * 1e3
+    return (timer() - t0) * 1e3
 
 
 def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, warmup: int = 3,
-           steps_per_round: int = 1) -> Paired:
+           steps_per_round: int = 1, clock: str = "wall") -> Paired:
     """Time ``a`` and ``b`` in ``rounds`` alternating rounds (order swapped every round) after
-    ``warmup`` untimed rounds; each round times ``steps_per_round`` consecutive steps of each."""
+    ``warmup`` untimed rounds; each round times ``steps_per_round`` consecutive steps of each.
+
+    On CPU, ``clock="cpu"`` times the process's CPU time instead of wall time: on a machine
+    shared with other processes a round's wall time depends on how the scheduler shares the
+    cores, its CPU time much less (run single-threaded, so no worker thread spins in it).
+    On CUDA, CUDA events time the kernels whatever ``clock`` says."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     device = torch.device(device)
 
     def block(step: Step) -> Step:
@@ -99,11 +107,11 @@ def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, wa
     ta, tb = [], []
     for i in range(rounds):
         if i % 2:
-            tb.append(_timed(b_run, device))
-            ta.append(_timed(a_run, device))
+            tb.append(_timed(b_run, device, clock))
+            ta.append(_timed(a_run, device, clock))
         else:
-            ta.append(_timed(a_run, device))
-            tb.append(_timed(b_run, device))
+            ta.append(_timed(a_run, device, clock))
+            tb.append(_timed(b_run, device, clock))
     ratios = sorted(y / x for x, y in zip(ta, tb, strict=True))
     q1, _, q3 = statistics.quantiles(ratios, n=4) if rounds >= 2 else (ratios[0], 0, ratios[0])
     return Paired(a_ms=statistics.median(ta) / steps_per_round, b_ms=statistics.median(tb) / steps_per_round,
