@@ -6,23 +6,11 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.execution import cache, job
+from bench.execution import cache
 from bench.records.results import load_records
 
 ARGS = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetune-epochs", "1",
         "--methods", "lorita-n2,l1-filter", "--targets", "params:0.5"]
-
-
-@pytest.fixture
-def count_training(monkeypatch):
-    calls = []
-    real = job.train
-
-    def counting(model, data, budget, *, epochs, **kw):
-        calls.append(epochs)
-        return real(model, data, budget, epochs=epochs, **kw)
-    monkeypatch.setattr(job, "train", counting)
-    return calls
 
 
 def test_a_second_run_reuses_trained_models_and_gets_the_same_numbers(tmp_path, count_training):

@@ -30,18 +30,6 @@ FAKE = ["run", "--preset", "ci", "--no-progress", "--methods", "lorita-n1,lorita
 
 
 @pytest.fixture
-def count_training(monkeypatch):
-    calls = []
-    real = job.train
-
-    def counting(model, data, budget, *, epochs, **kw):
-        calls.append(epochs)
-        return real(model, data, budget, epochs=epochs, **kw)
-    monkeypatch.setattr(job, "train", counting)
-    return calls
-
-
-@pytest.fixture
 def fake_jobs(monkeypatch):
     """Jobs that train nothing: each returns an ok record per target (steps 100, or ``steps[method]``).
     ``ran`` lists the (method, targets) run; ``side[method]`` runs first (another run's doing)."""

@@ -6,6 +6,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,19 +78,7 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, de
     cuda = torch.device(device).type == "cuda"
     for _ in range(warmup):
         model(x)
-    times = []
-    for _ in range(rounds):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(x)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
+    times = [time_call(lambda: model(x), cuda) for _ in range(rounds)]
     model.train(was_training)
     q1, _, q3 = statistics.quantiles(times, n=4)
     return Latency(device=device_name(device), batch_size=batch_size, median_ms=statistics.median(times),
@@ -166,20 +155,22 @@ def _ab_times(dense: nn.Module, deployed: nn.Module, input_shape: tuple[int, ...
     for i in range(rounds):
         pair = ((dense, t_dense), (deployed, t_deployed))
         for model, out in (pair if i % 2 == 0 else pair[::-1]):
-            out.append(_time_once(model, x, cuda))
+            out.append(time_call(lambda m=model: m(x), cuda))
     dense.train(modes[0])
     deployed.train(modes[1])
     return t_dense, t_deployed
 
 
-def _time_once(model: nn.Module, x: torch.Tensor, cuda: bool) -> float:
+def time_call(fn: Callable[[], object], cuda: bool, timer: Callable[[], float] = time.perf_counter) -> float:
+    """Milliseconds ``fn()`` takes: CUDA events around it, synchronized, on a GPU (the kernels'
+    time, not their launch); else ``timer`` (wall time by default; ``time.process_time`` for CPU time)."""
     if cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(x)
+        fn()
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    model(x)
-    return (time.perf_counter() - t0) * 1e3
+    t0 = timer()
+    fn()
+    return (timer() - t0) * 1e3

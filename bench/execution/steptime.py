@@ -27,6 +27,7 @@ from torch import nn
 
 import lorita
 from bench.catalog.models import build
+from bench.execution import measure
 
 Step = Callable[[], None]
 
@@ -66,17 +67,7 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bo
 
 
 def _timed(step: Step, device: torch.device, clock: str = "wall") -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
-    timer = time.process_time if clock == "cpu" else time.perf_counter
-    t0 = timer()
-    step()
-    return (timer() - t0) * 1e3
+    return measure.time_call(step, device.type == "cuda", time.process_time if clock == "cpu" else time.perf_counter)
 
 
 def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, warmup: int = 3,
