@@ -21,7 +21,7 @@ def test_progress_outside_a_terminal_is_a_few_plain_lines(tmp_path):
     # method and target (fine-tuning) and one when it is done.
     assert len(lines) == 1 + 2 * 2 + 1, lines
     assert any(line.startswith("lorita-n1 s0 train: 2 ep") for line in lines)
-    assert lines[-1] == "suite: 2/2 runs done (l1-filter seed 0: done)"
+    assert lines[-1] == "suite: 1/1 runs done (plain seed 0 (lorita-n1, l1-filter): done)"
 
 
 def test_a_terminal_gets_a_bar_and_anything_else_gets_none(monkeypatch):
