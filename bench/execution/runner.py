@@ -222,13 +222,12 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     """Run ``preset``, appending records to ``out_dir/results.jsonl``; returns this config's records.
 
     Each (pre-training, seed) is one job (see ``plan``): methods that compress the same trained
-    model share it. ``executor`` says where jobs run (default: in
-    this process, one after another; see ``bench.execution.executors`` for submitit on SLURM,
-    local subprocesses or its debug cluster). Records are appended atomically as each job
-    finishes, and a job that raises becomes a failed record per target with the reason, while
-    the others go on. Every ok record carries its seed's reference accuracy (``ref_acc``: the
-    plainly trained dense model's) and ΔAcc against it. Resumable: a (method, target, seed) already
-    recorded as ok or skipped
+    model share it. ``executor`` says where jobs run (default: in this process, one after
+    another; see ``bench.execution.executors`` for submitit on SLURM, local subprocesses or its
+    debug cluster). Records are appended atomically as each job finishes, and a job that raises
+    becomes a failed record per target with the reason, while the others go on. Every ok record
+    carries its seed's reference accuracy (``ref_acc``: the plainly trained dense model's) and
+    ΔAcc against it. Resumable: a (method, target, seed) already recorded as ok or skipped
     under the same config hash is not run again; trained models come from ``cache_dir``
     (default ``bench.execution.cache.default_dir()``) when there. The resolved preset is saved
     as ``out_dir/config.json``, with ``published`` (the preset's published numbers) when given.
