@@ -254,7 +254,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "off, as in every preset)")
     run.add_argument("--cache-dir", metavar="DIR", help="trained-model checkpoints, shared by runs (default: "
                      "$LORITA_BENCH_CACHE, else ~/.cache/lorita-bench/checkpoints)")
-    run.add_argument("--seeds", metavar="S,S,…", help="comma-separated seeds; several give mean ± std "
+    run.add_argument("--seeds", metavar="S,S,…", help="comma-separated seeds; several give means with 95 %% intervals "
                      f"({d}: 0)")
     run.add_argument("--device", metavar="DEV", help=f"cpu, cuda or cuda:N ({d}: cpu for quick, ci and the "
                      "*-fcn presets, cuda for the others)")
@@ -264,6 +264,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "internet (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
                      "terminal; elsewhere one line per training, fine-tuning and run)")
+    _add_executor_options(run)
+    run.set_defaults(fn=_cmd_run)
+
+
+def _add_executor_options(run: argparse.ArgumentParser) -> None:
+    """Where the training jobs of ``run`` execute (in this process, or through submitit)."""
     run.add_argument("--executor", default="local", metavar="KIND", help="where training jobs run, one of: "
                      "{executors}. local: in this process, one after another; submitit: one job per trained "
                      "model, needs pip install 'lorita-bench[slurm]' (default: local)")
@@ -278,7 +284,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "at once (default: submitit's, 256)")
     run.add_argument("--timeout-min", type=int, metavar="MIN", help="with --executor submitit: each job's limit in "
                      "minutes (default: 1440)")
-    run.set_defaults(fn=_cmd_run)
 
 
 def parser() -> argparse.ArgumentParser:
