@@ -121,3 +121,15 @@ def test_bootstrap_interval_is_reproducible_and_ordered():
     values = [1.0, 1.1, 0.9, 1.05, 0.95, 1.2, 0.8]
     lo, hi = measure.bootstrap_median_interval(values)
     assert (lo, hi) == measure.bootstrap_median_interval(values) and lo <= 1.0 <= hi
+
+
+def test_a_run_without_a_plain_method_still_measures_against_the_plain_reference(tmp_path):
+    ci = PRESETS.get("ci")
+    preset = ci.override(methods=("lorita-n3",), budget=replace(ci.budget, epochs=3, finetune_epochs=1),
+                         latency_rounds=2, throughput_batch=4, targets=(Target(kind="params", drop=0.5),))
+    (r,) = runner.run(preset, tmp_path / "out", progress=False, echo=lambda s: None, cache_dir=tmp_path / "c")
+    # The reference-only job trained the plain model (its own checkpoint) and measured it.
+    plain = runner.run(preset.override(methods=("lorita-n1",)), tmp_path / "out", progress=False,
+                       echo=lambda s: None, cache_dir=tmp_path / "c")
+    n1 = next(x for x in plain if x.method == "lorita-n1")
+    assert n1.pretrain_cached is True and r.ref_acc == n1.base_acc and r.pretrain_id == "lorita-n3"
