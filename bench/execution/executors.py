@@ -181,15 +181,21 @@ def _in_process(jobs: Sequence[TrainJob], *, download: bool, progress: bool,
                 done = Finished(job=job, error=f"{type(err).__name__}: {err}")
             else:
                 done = Finished.of(job, result)
-            if bar is not None:
-                bar.update()
-            elif progress:
-                progress_out.line(f"suite: {i}/{len(jobs)} runs done ({job.label}: "
-                                  f"{'failed' if done.error else 'done'})")
+            _progress(bar, progress, f"suite: {i}/{len(jobs)} runs done", done)
             yield done
     finally:
         if bar is not None:
             bar.close()
+
+
+def _progress(bar: Any, progress: bool, head: str, done: Finished) -> None:
+    """One finished job: a bar step in a terminal, else one plain line (``progress`` on)."""
+    what = f"{done.job.label}: {'failed' if done.error else 'done'}"
+    if bar is not None:
+        bar.set_postfix_str(what)
+        bar.update()
+    elif progress:
+        progress_out.line(f"{head} ({what})")
 
 
 def _parameters(config: ExecutorConfig, cuda: bool) -> dict[str, Any]:
@@ -262,12 +268,7 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
                 done = Finished(job=job, error=_reason(handle, err))
             else:
                 done = Finished.of(job, result)
-            if bar is not None:
-                bar.set_postfix_str(f"{job.label}: {'failed' if done.error else 'done'}")
-                bar.update()
-            elif progress:
-                progress_out.line(f"jobs: {i}/{len(handles)} done ({job.label}: "
-                                  f"{'failed' if done.error else 'done'})")
+            _progress(bar, progress, f"jobs: {i}/{len(handles)} done", done)
             yield done
     finally:
         if bar is not None:
