@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.records.errors import BudgetMismatch, UsageError
 
@@ -135,10 +136,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         main_rank = distributed.is_main()
     published = [asdict(p) for p in PRESETS.entry(args.preset).meta.get("published", ())]
     # Every rank runs the suite; only rank 0 shows progress, prints and reports.
-    records = runner.run(preset, out, data_dir=args.data_dir, download=args.download,
-                         progress=main_rank and not args.no_progress,
-                         echo=(lambda s: print(s, file=sys.stderr)) if main_rank else (lambda s: None),
-                         cache_dir=args.cache_dir, executor=executor, published=published)
+    run_kw = {"data_dir": args.data_dir, "download": args.download, "progress": main_rank and not args.no_progress,
+              "echo": (lambda s: print(s, file=sys.stderr)) if main_rank else (lambda s: None),
+              "cache_dir": args.cache_dir, "executor": executor}
+    if args.tune or args.tune_grid:
+        preset = _tuned(preset, out, args.tune_grid, run_kw)
+    records = runner.run(preset, out, published=published, **run_kw)
     if not main_rank:
         return 0
     dicts = [r.to_dict() for r in records]
@@ -264,8 +267,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "internet (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
                      "terminal; elsewhere one line per training, fine-tuning and run)")
+    run.add_argument("--tune", action="store_true", help="choose each method's recipe on the validation split: "
+                     "every method runs every point of one grid (--tune-grid; default: weight decay at 1/3, 1 and 3 "
+                     "times the preset's) and keeps its best; the steps stay the same (default: off)")
+    run.add_argument("--tune-grid", metavar="FIELD=V,…;…", help="the grid --tune searches, e.g. "
+                     "'weight_decay=1e-4,1e-3;lr=0.01,0.05' (default: weight decay ×1/3, ×1, ×3)")
     _add_executor_options(run)
     run.set_defaults(fn=_cmd_run)
+
+
+def _tuned(preset: Any, out: Path, grid_text: str | None, run_kw: dict[str, Any]) -> Any:
+    """``preset`` with every method's recipe chosen on the validation split (``bench.execution.tune``)."""
+    from bench.execution import tune
+
+    grid = tune.parse_grid(grid_text) if grid_text else tune.default_grid(preset)
+    run_kw["echo"](f"tuning: {len(tune.points(grid))} recipes per method ({grid}), each a run in "
+                   f"{out / tune.TUNE_FOLDER}")
+    tuned = tune.tune(preset, out, grid, **run_kw)
+    run_kw["echo"]("tuned: " + "; ".join(f"{m} {r}" for m, r in tuned.recipes.items()))
+    return tuned
 
 
 def _add_executor_options(run: argparse.ArgumentParser) -> None:

@@ -311,6 +311,12 @@ def recipe_lines(records: Sequence[Rec], by_hash: Mapping[str, Mapping[str, Any]
         cells = [*([f"`{h}`"] if several else []), method,
                  *("–" if rec.get(k) is None else str(rec.get(k)) for k, _ in RECIPE_FIELDS), grid_text]
         lines.append("| " + " | ".join(tables._md_escape(c) for c in cells) + " |")
+    adamw = sorted({method for (_, method), rec in seen.items() if rec.get("optimizer") == "adamw"
+                    and any(r["method"] == method and r.get("family") == "lorita" for r in have)})
+    if adamw:
+        lines += ["", f"Note: {', '.join(adamw)} trained with AdamW. Its decoupled weight decay is not the "
+                  "regularizer LoRITa's theory is stated for: coupled L2 (SGD's weight decay) on N factors acts as a "
+                  "Schatten-(2/N) penalty on their product; with AdamW that equivalence does not hold."]
     return [*lines, ""]
 
 

@@ -11,6 +11,10 @@ from bench.records.errors import UsageError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 TARGET_KINDS = ("params", "flops")
+# What a method's own recipe may change. Never epochs, fine-tuning epochs or batch size: they fix
+# the number of optimizer steps, which is the same for every method.
+RECIPE_FIELDS = ("optimizer", "lr", "finetune_lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
+                 "gamma", "label_smoothing")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,8 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from bench.catalog.budget import Budget, Target
+from bench.catalog.budget import RECIPE_FIELDS, Budget, Target
 from bench.catalog.models import check_options, resolve
+from bench.catalog.protocol import FAMILIES, Method
 from bench.catalog.registry import DATASETS, METHODS, PRESETS
 from bench.records.errors import UsageError
 
@@ -34,6 +35,13 @@ class Preset:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # NHWC conv nets on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the training forward pass
+    # Each method's own recipe: per family ("lorita", "pruning") or method name (which wins), the
+    # budget fields it changes (RECIPE_FIELDS: lr, weight decay, schedule, …); the steps never change.
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How the recipes were chosen: "preset" (given) or "tuned" (on the validation split, see
+    # bench.execution.tune), with the grid every method searched.
+    recipe_source: str = "preset"
+    tune_grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -53,6 +61,39 @@ class Preset:
                 raise UsageError(f"{what} given twice: {', '.join(twice)}; accepted: each at most once")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"bad device {self.device!r}; accepted: cpu, cuda, cuda:N")
+        for key, fields in self.recipes.items():
+            if key not in FAMILIES and key not in METHODS:
+                raise UsageError(f"recipe for unknown family or method {key!r}; accepted: {', '.join(FAMILIES)} "
+                                 "or a method name")
+            bad = sorted(set(fields) - set(RECIPE_FIELDS))
+            if bad:
+                raise UsageError(f"recipe for {key} sets {', '.join(bad)}; accepted: {', '.join(RECIPE_FIELDS)} "
+                                 "(epochs and batch size fix the steps, which every method shares)")
+            replace(self.budget, **fields)  # the values, checked as the budget checks its own
+
+    def budget_for(self, method: Method) -> Budget:
+        """The budget ``method`` trains under: the preset's, with its family's and then its own recipe."""
+        changes = {**self.recipes.get(method.family, {}), **self.recipes.get(method.name, {})}
+        return replace(self.budget, **changes) if changes else self.budget
+
+    def pretraining_budget(self, method: Method) -> Budget:
+        """``budget_for(method)`` as far as it shapes the model before compression (the fine-tuning lr
+        does not): methods of one pre-training share it, and the checkpoint cache is keyed on it."""
+        return replace(self.budget_for(method), finetune_lr=self.budget.finetune_lr)
+
+    def pretraining_of(self, method: Method) -> str:
+        """What ``method`` trains, as ``Method.pretraining`` says, distinguished by its recipe where that
+        changes the training before compression."""
+        before = self.pretraining_budget(method)
+        return method.pretraining() if before == self.budget else f"{method.pretraining()}@{before.digest()}"
+
+    def recipe_of(self, method: Method) -> dict[str, Any]:
+        """The optimizer settings ``method`` used, as records and reports show them."""
+        b = self.budget_for(method)
+        return {"optimizer": b.optimizer, "lr": b.lr, "finetune_lr": b.finetune_lr, "momentum": b.momentum,
+                "weight_decay": b.weight_decay, "schedule": b.schedule, "label_smoothing": b.label_smoothing,
+                "source": self.recipe_source if (method.family in self.recipes or method.name in self.recipes)
+                else "preset budget", "grid": {k: list(v) for k, v in self.tune_grid.items()} or None}
 
     def speed(self) -> dict[str, bool]:
         """The training loop's speed options (they change how fast, not what is trained)."""
@@ -65,6 +106,8 @@ class Preset:
         """Hash of what determines a trained model and its numbers (not the method list or targets)."""
         key = {"dataset": self.dataset, "model": self.model, "model_options": self.model_options,
                "budget": asdict(self.budget), "device": self.device, "amp": self.amp}
+        if self.recipes:  # only then, so that configurations without recipes keep their hashes
+            key["recipes"] = self.recipes
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
     def override(self, **changes: Any) -> Preset:

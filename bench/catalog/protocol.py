@@ -25,6 +25,7 @@ from bench.catalog.budget import Target
 # Standard training: N=1 LoRITa and every pruning method without a training-time regularizer
 # start from this one model, which is also the reference every ΔAcc is taken against.
 PLAIN = "plain"
+FAMILIES = ("lorita", "pruning", "dense")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,7 +46,8 @@ def cache_key(parts: dict[str, Any]) -> str:
 def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
     """Cache key of the trained model: everything that determines its weights."""
     return cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
-                      "prepare": method.pretraining(), "budget": asdict(preset.budget), "seed": seed,
+                      "prepare": preset.pretraining_of(method), "budget": asdict(preset.pretraining_budget(method)),
+                      "seed": seed,
                       "device": torch.device(preset.device).type, "amp": preset.amp,
                       "versions": versions(), "code": code_digest()})
 

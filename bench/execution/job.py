@@ -131,7 +131,8 @@ def record_base(preset: Preset, method: Method, target: Target, seed: int) -> di
     """The fields that identify a record (and carry its provenance), whatever its status."""
     return {"dataset": preset.dataset, "model": preset.model, "method": method.name, "family": method.family,
             "n": method.n, "target_kind": target.kind, "target_drop": target.drop, "seed": seed,
-            "config_hash": preset.config_hash(), "versions": versions(), "pretrain_id": method.pretraining()}
+            "config_hash": preset.config_hash(), "versions": versions(), "pretrain_id": preset.pretraining_of(method),
+            "recipe": preset.recipe_of(method)}
 
 
 def failed_records(job: TrainJob, reason: str) -> tuple[Record, ...]:
@@ -176,8 +177,8 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     trained model is loaded from / saved to a checkpoint there. With ``keep_models``, each
     ``Built`` also holds the dense and deployed models (else they are freed as the job goes).
     """
-    if len({m.pretraining() for m, _ in work}) > 1:
-        raise ValueError(f"one job trains one model; got pretrainings {sorted({m.pretraining() for m, _ in work})}")
+    if len(ids := {preset.pretraining_of(m) for m, _ in work}) > 1:
+        raise ValueError(f"one job trains one model; got pretrainings {sorted(ids)}")
     torch.manual_seed(seed)  # the same initial weights for every method at this seed
     model = build(preset.model, data.num_classes, data.input_shape, preset.model_options).to(preset.device)
     built, active = {}, []
@@ -215,7 +216,7 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
                   progress: bool = False, cache_dir: Path | None = None) -> Trained:
     """``model`` (prepared, untrained) trained in place under the preset's budget, or loaded from
     ``cache_dir`` when a checkpoint of the same key is there (and saved there when not)."""
-    budget = preset.budget
+    budget = preset.budget_for(method)  # every method of the group trains under the same one
     key = cache.checkpoint_key(preset, method, seed)
     steps = steps_per_epoch(len(data.train_x), budget.batch_size) * budget.train_epochs
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
@@ -290,7 +291,7 @@ def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, d
         deployed = out.model.to(preset.device)
         zero_shot = {"acc_zero_shot": accuracy(deployed, data.test_x, data.test_y),
                      "val_acc_zero_shot": accuracy(deployed, data.val_x, data.val_y)}
-        budget = preset.budget
+        budget = preset.budget_for(method)
         ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr, seed=seed + 1,
                    progress=progress, desc=f"{method.name} {target} fine-tune", **preset.speed())
         deployed = method.finalize(deployed).eval()

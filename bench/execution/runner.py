@@ -73,7 +73,7 @@ def plan(preset: Preset, done: set[tuple], *, cache_dir: Path, data_dir: Path | 
             pending = tuple(t for t in preset.targets
                             if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done)
             if pending:
-                groups.setdefault(METHODS.get(name).pretraining(), []).append((name, pending))
+                groups.setdefault(preset.pretraining_of(METHODS.get(name)), []).append((name, pending))
         if groups and PLAIN not in groups and seed not in references:
             groups[PLAIN] = []
         for pretraining in sorted(groups, key=lambda p: p != PLAIN):

@@ -93,6 +93,9 @@ class Record:
     # What this record's model was trained as ("plain", "lorita-n3", "depgraph-sl:group-norm(reg=…)"):
     # methods of one pretrain_id, config and seed compress the very same trained model.
     pretrain_id: str | None = None
+    # The optimizer settings this method trained with (bench.catalog.presets.Preset.recipe_of):
+    # its own recipe where the preset gives one; the steps are the same for every method.
+    recipe: dict[str, Any] = field(default_factory=dict)
     pretrain_cached: bool | None = None  # the trained model came from the checkpoint cache
     # The one reference every ΔAcc is taken against: the plainly trained dense model of this
     # (config, seed), test and validation accuracy. delta_acc = acc - ref_acc where known.

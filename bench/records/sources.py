@@ -44,6 +44,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     if config.get("config_hash"):
         return str(config["config_hash"])
     key = {k: config.get(k) for k in ("dataset", "model", "model_options", "budget", "device", "amp")}
+    if config.get("recipes"):
+        key["recipes"] = config["recipes"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -115,10 +115,11 @@ class Suite:
         """
         key = (method, seed)
         if key not in self._trained:
-            pretraining = METHODS.get(method).pretraining()
+            pretraining = self.preset.pretraining_of(METHODS.get(method))
             if pretraining != PLAIN and seed not in self._refs:
                 self._reference(seed)
-            group = [METHODS.get(m) for m in self.preset.methods if METHODS.get(m).pretraining() == pretraining]
+            group = [METHODS.get(m) for m in self.preset.methods
+                     if self.preset.pretraining_of(METHODS.get(m)) == pretraining]
             work = [(m, list(self.preset.targets)) for m in group]
             try:
                 group_out = job.run_group(self.preset, work, self.data, seed, cache_dir=self.cache_dir,
@@ -138,7 +139,7 @@ class Suite:
     def _reference(self, seed: int) -> None:
         """Train the preset's plain methods at ``seed`` (or, with none, the plain model alone):
         the reference accuracy every other record of the seed is measured against."""
-        plain = [m for m in self.preset.methods if METHODS.get(m).pretraining() == PLAIN]
+        plain = [m for m in self.preset.methods if self.preset.pretraining_of(METHODS.get(m)) == PLAIN]
         if plain:
             # A failure is recorded with the plain methods' cells; the others go on without a reference.
             with contextlib.suppress(RuntimeError):
