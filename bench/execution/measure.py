@@ -148,17 +148,31 @@ def _ab_times(dense: nn.Module, deployed: nn.Module, input_shape: tuple[int, ...
     deployed.eval()
     x = torch.randn(batch_size, *input_shape, device=device)
     cuda = torch.device(device).type == "cuda"
-    for _ in range(warmup):
-        dense(x)
-        deployed(x)
-    t_dense, t_deployed = [], []
-    for i in range(rounds):
-        pair = ((dense, t_dense), (deployed, t_deployed))
-        for model, out in (pair if i % 2 == 0 else pair[::-1]):
-            out.append(time_call(lambda m=model: m(x), cuda))
+    times = alternating(lambda: dense(x), lambda: deployed(x), cuda=cuda, warmup=warmup, rounds=rounds)
     dense.train(modes[0])
     deployed.train(modes[1])
-    return t_dense, t_deployed
+    return times
+
+
+def alternating(a: Callable[[], object], b: Callable[[], object], *, cuda: bool, warmup: int, rounds: int,
+                timer: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``a`` and of ``b`` in ``rounds`` paired rounds, after ``warmup`` untimed ones.
+
+    Each round times one call of each, the order swapped every round, so that neither always
+    runs on a warmer cache and drift (a clock boost, a busy neighbour) hits both alike.
+    """
+    for _ in range(warmup):
+        a()
+        b()
+    if cuda:
+        torch.cuda.synchronize()
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(rounds):
+        pair = ((a, ta), (b, tb))
+        for fn, out in (pair if i % 2 == 0 else pair[::-1]):
+            out.append(time_call(fn, cuda, timer))
+    return ta, tb
 
 
 def time_call(fn: Callable[[], object], cuda: bool, timer: Callable[[], float] = time.perf_counter) -> float:

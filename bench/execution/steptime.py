@@ -66,10 +66,6 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bo
     return step
 
 
-def _timed(step: Step, device: torch.device, clock: str = "wall") -> float:
-    return measure.time_call(step, device.type == "cuda", time.process_time if clock == "cpu" else time.perf_counter)
-
-
 def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, warmup: int = 3,
            steps_per_round: int = 1, clock: str = "wall") -> Paired:
     """Time ``a`` and ``b`` in ``rounds`` alternating rounds (order swapped every round) after
@@ -89,20 +85,8 @@ def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, wa
                 step()
         return run
 
-    a_run, b_run = block(a), block(b)
-    for _ in range(warmup):
-        a_run()
-        b_run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    ta, tb = [], []
-    for i in range(rounds):
-        if i % 2:
-            tb.append(_timed(b_run, device, clock))
-            ta.append(_timed(a_run, device, clock))
-        else:
-            ta.append(_timed(a_run, device, clock))
-            tb.append(_timed(b_run, device, clock))
+    ta, tb = measure.alternating(block(a), block(b), cuda=device.type == "cuda", warmup=warmup, rounds=rounds,
+                                 timer=time.process_time if clock == "cpu" else time.perf_counter)
     ratios = sorted(y / x for x, y in zip(ta, tb, strict=True))
     q1, _, q3 = statistics.quantiles(ratios, n=4) if rounds >= 2 else (ratios[0], 0, ratios[0])
     return Paired(a_ms=statistics.median(ta) / steps_per_round, b_ms=statistics.median(tb) / steps_per_round,
