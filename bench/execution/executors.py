@@ -263,7 +263,7 @@ def _submitit(jobs: Sequence[TrainJob], config: ExecutorConfig, *, folder: Path,
                 result = handle.result() if err is None else None
             except Exception as caught:  # a job killed outside Python, or unreadable results
                 err, result = caught, None
-            if err is not None or result is None:  # (a job always returns a JobResult)
+            if err is not None:
                 log.warning("%s (job %s) failed: %s", job.label, handle.job_id, err)
                 done = Finished(job=job, error=_reason(handle, err))
             else:

@@ -70,8 +70,7 @@ def plan(preset: Preset, done: set[tuple], *, cache_dir: Path, data_dir: Path | 
     for seed in preset.seeds:
         groups: dict[str, list[tuple[str, tuple[Target, ...]]]] = {}
         for name in preset.methods:
-            pending = tuple(t for t in preset.targets
-                            if (chash, preset.dataset, preset.model, name, t.kind, t.drop, seed) not in done)
+            pending = tuple(t for t in preset.targets if _cell(chash, preset, name, t, seed) not in done)
             if pending:
                 groups.setdefault(preset.pretraining_of(METHODS.get(name)), []).append((name, pending))
         if groups and PLAIN not in groups and seed not in references:
@@ -81,6 +80,11 @@ def plan(preset: Preset, done: set[tuple], *, cache_dir: Path, data_dir: Path | 
                                  cache_dir=str(Path(cache_dir).resolve()),
                                  data_dir=str(Path(data_dir).resolve()) if data_dir is not None else None))
     return jobs
+
+
+def _cell(chash: str, preset: Preset, method: str, target: Target, seed: int) -> tuple:
+    """The ``Record.key`` that ``method`` at ``target`` and ``seed`` under ``preset`` (hash ``chash``) gets."""
+    return (chash, preset.dataset, preset.model, method, target.kind, target.drop, seed)
 
 
 def known_references(records: list[Record], preset: Preset) -> dict[int, tuple[float, float | None]]:
@@ -186,10 +190,9 @@ def _still_to_run(results: Path, echo: Callable[[str], None]) -> Callable[[Train
     def pending(job: TrainJob) -> TrainJob | None:
         if not job.work:  # a reference-only job: nothing recorded for it to find
             return job
-        done, p = _done(results), job.preset
+        done, chash = _done(results), job.preset.config_hash()
         work = tuple((name, left) for name, targets in job.work
-                     if (left := tuple(t for t in targets if (p.config_hash(), p.dataset, p.model, name, t.kind,
-                                                               t.drop, job.seed) not in done)))
+                     if (left := tuple(t for t in targets if _cell(chash, job.preset, name, t, job.seed) not in done)))
         if not work:
             echo(f"{job.label}: every target already recorded (by another run into this folder); skipped")
             return None

@@ -70,14 +70,15 @@ def tune(preset: Preset, out_dir: Path, grid: Mapping[str, Sequence[Any]], **run
     choices, ``recipe_source="tuned"`` and ``tune_grid`` the grid, which every record then carries.
     """
     grid = {k: tuple(v) for k, v in grid.items()}
+    candidates = points(grid)
     chosen: dict[str, dict[str, Any]] = {}
     for name in preset.methods:
         scores = []
-        for point in points(grid):
+        for point in candidates:
             trial = replace(preset, methods=(name,), recipes={**preset.recipes, name: point},
                             recipe_source="tuning", tune_grid=grid)
             records = runner.run(trial, Path(out_dir) / TUNE_FOLDER / f"{name}-{trial.config_hash()}", **run_kw)
             vals = [r.val_acc for r in records if r.method == name and r.status == "ok" and r.val_acc is not None]
             scores.append(statistics.fmean(vals) if vals else float("-inf"))
-        chosen[name] = points(grid)[max(range(len(scores)), key=scores.__getitem__)]
+        chosen[name] = candidates[max(range(len(scores)), key=scores.__getitem__)]
     return replace(preset, recipes={**preset.recipes, **chosen}, recipe_source="tuned", tune_grid=grid)
