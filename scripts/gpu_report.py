@@ -1,7 +1,8 @@
 """The GPU evidence report: machine, step-time, latency and memory tables from what
 ``scripts/gpu-evidence.sh`` wrote (machine.json, steps.json, one run folder per preset).
 
-Reads JSON only (no torch): ``python scripts/gpu_report.py OUT_DIR --epochs E --finetune F``
+Reads JSON only (no torch; run from the repository root with it on ``PYTHONPATH``, as
+``gpu-evidence.sh`` does): ``python scripts/gpu_report.py OUT_DIR --epochs E --finetune F``
 writes ``OUT_DIR/report.md``; each preset's own report (tables, figures) is in its folder.
 """
 
@@ -14,11 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from bench.records.results import RESULTS, load_records
+from reports.tables import speedup
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -58,13 +56,13 @@ def epoch_lines(preset: str, records: list[dict[str, Any]], epochs: int, finetun
             "validation split included): " + ", ".join(f"{m} {s:.1f} s" for m, s in pre.items())]
 
 
-def _speedup(r: dict[str, Any], key: str, stem: str) -> str:
-    """The A/B speed-up with its interval where recorded, else the ratio of the two medians."""
-    if r.get(f"speedup_{key}") is not None:
-        return (f"{r[f'speedup_{key}']:.2f}× [{r[f'speedup_{key}_lo']:.2f}, {r[f'speedup_{key}_hi']:.2f}]"
-                if r.get(f"speedup_{key}_lo") is not None else f"{r[f'speedup_{key}']:.2f}×")
-    dense, mine = r.get(f"{stem}_dense_ms"), r.get(f"{stem}_ms")
-    return f"{dense / mine:.2f}×" if dense and mine else "–"
+def _speedup(r: dict[str, Any], batch: str) -> str:
+    """``reports.tables.speedup`` at batch "1" or "T", with its A/B interval where recorded."""
+    value = speedup(r, batch)
+    if value is None:
+        return "–"
+    lo, hi = r.get(f"speedup_b{batch}_lo"), r.get(f"speedup_b{batch}_hi")
+    return f"{value:.2f}× [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{value:.2f}×"
 
 
 def latency_table(records: list[dict[str, Any]]) -> list[str]:
@@ -76,7 +74,7 @@ def latency_table(records: list[dict[str, Any]]) -> list[str]:
             out.append(f"| {r['method']} | {r['target_kind']}:{r['target_drop']:g} | {r['status']}: "
                        f"{r.get('reason', '')[:80]} |||||||||")
             continue
-        b1, b256 = _speedup(r, "b1", "latency"), _speedup(r, "bT", "throughput")
+        b1, b256 = _speedup(r, "1"), _speedup(r, "T")
         theory = r["dense_macs"] / r["macs"] if r.get("macs") else None
         out.append(f"| {r['method']} | {r['target_kind']}:{r['target_drop']:g} | {100 * r['params_drop']:.1f} % | "
                    f"{100 * r['flops_drop']:.1f} % | {100 * r['acc']:.2f} % ({100 * r['base_acc']:.2f} %) | "
@@ -105,8 +103,8 @@ def render(out_dir: Path, epochs: int, finetune: int) -> int:
     """Write ``out_dir/report.md``; returns the number of failed runs found."""
     machine = json.loads((out_dir / "machine.json").read_text()) if (out_dir / "machine.json").exists() else {}
     steps = json.loads((out_dir / "steps.json").read_text()) if (out_dir / "steps.json").exists() else []
-    by_preset = {p.name: _jsonl(p / "results.jsonl") for p in sorted(out_dir.iterdir())
-                 if (p / "results.jsonl").exists()}
+    by_preset = {p.name: [r.to_dict() for r in load_records(p / RESULTS)] for p in sorted(out_dir.iterdir())
+                 if (p / RESULTS).exists()}
     failed = sum(r.get("status") == "failed" for rs in by_preset.values() for r in rs)
     lines = ["# GPU evidence", "", *machine_lines(machine), "",
              f"Reduced budget, stated: every method trains {epochs - finetune} epoch(s) before compression and "
