@@ -146,8 +146,8 @@ def _merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _claim(out_dir: Path, preset: Preset, published: list[dict] | None, echo: Callable[[str], None], *,
-           write: bool) -> set[tuple]:
-    """Check that ``out_dir`` may take this run's records and return the keys already done there.
+           write: bool) -> list[Record]:
+    """Check that ``out_dir`` may take this run's records and return the records already there.
 
     Call it holding ``locked(out_dir / RESULTS)``. With ``write`` (the one writing process), first
     removes leftover temp files, sets a torn last line aside, and then writes config.json, widened
@@ -177,7 +177,7 @@ def _claim(out_dir: Path, preset: Preset, published: list[dict] | None, echo: Ca
                          "configuration")
     if write:
         atomic_write_text(out_dir / CONFIG, json.dumps(_merged(old, new), indent=2, sort_keys=True) + "\n")
-    return {r.key for r in records if r.status in DONE}
+    return records
 
 
 def _done(results: Path) -> set[tuple]:
@@ -248,8 +248,9 @@ def run(preset: Preset, out_dir: Path, *, data_dir: Path | None = None, download
     main = distributed.is_main()  # under torchrun every rank computes, rank 0 alone writes
     results = out_dir / RESULTS
     with locked(results):
-        done = _claim(out_dir, preset, published, echo, write=main)
-        refs = known_references(load_records(results), preset)
+        existing = _claim(out_dir, preset, published, echo, write=main)
+    done = {r.key for r in existing if r.status in DONE}
+    refs = known_references(existing, preset)
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_dir()
     if main:
         clean_stale_temp(cache_dir)
