@@ -78,7 +78,8 @@ def _show_preset(name: str) -> int:
             ("methods", ", ".join(p.methods)), ("targets", ", ".join(f"{t.kind}:{t.drop:g}" for t in p.targets)),
             ("budget", kv(asdict(p.budget))), ("seeds", ", ".join(map(str, p.seeds))), ("device", p.device),
             ("speed", kv(p.speed()) + " (amp and channels_last act on CUDA only)"),
-            ("latency", f"{p.latency_rounds} rounds at batch 1 and at batch {p.throughput_batch}"))
+            ("latency", f"{p.latency_rounds} rounds at batch 1 and at batch {p.throughput_batch}"),
+            ("protect", ", ".join(p.protect) or "none"), ("ranks", f"LoRITa's allocation {p.allocation}"))
     print(f"{name}: {entry.description}")
     for key, value in rows:
         print(f"  {key:<9}{value}")
@@ -98,7 +99,15 @@ def _preset_changes(args: argparse.Namespace) -> dict[str, object]:
             "latency_rounds": args.latency_rounds, "throughput_batch": args.throughput_batch,
             "methods": tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
             "targets": parse_targets(args.targets) if args.targets else None,
-            "seeds": _ints(args.seeds, "seeds") if args.seeds else None}
+            "seeds": _ints(args.seeds, "seeds") if args.seeds else None,
+            "protect": _protect(args.protect) if args.protect is not None else None,
+            "allocation": args.allocation}
+
+
+def _protect(text: str) -> tuple[str, ...]:
+    """``--protect``: comma-separated patterns; "none" (or nothing) protects no layer."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    return () if parts in ((), ("none",)) else parts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -267,6 +276,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "internet (default: off)")
     run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
                      "terminal; elsewhere one line per training, fine-tuning and run)")
+    run.add_argument("--protect", metavar="PATTERN,…", help="layers no method may change, the same for every "
+                     "method: @head (the classifier) and glob patterns on layer names, e.g. @head,features.0; "
+                     "none protects nothing; checked against the model before any training (default: @head)")
+    run.add_argument("--allocation", metavar="RULE", choices=("global", "min-share", "auto"),
+                     help="how LoRITa spends a target across layers: global (one σ/σ_max threshold, the "
+                     "paper's), min-share (the same threshold over layers that can save at least 1 %% of the "
+                     "model), auto (at each target, the one more accurate on the validation split) "
+                     f"({d}: auto)")
     run.add_argument("--tune", action="store_true", help="choose each method's recipe on the validation split: "
                      "every method runs every point of one grid (--tune-grid; default: weight decay at 1/3, 1 and 3 "
                      "times the preset's) and keeps its best; the steps stay the same (default: off)")

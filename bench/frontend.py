@@ -86,10 +86,11 @@ def check_model_builds(preset: Preset, *, data_dir: str | Path | None = None, do
 
     The data set is loaded for its shape (the jobs load it again; it is the build of a model
     that may fail for a shape, e.g. a ViT patch that does not divide the image). A builder
-    that cannot run on the meta device is built on the CPU instead.
+    that cannot run on the meta device is built on the CPU instead. The preset's protected-layer
+    patterns are matched against the built model here too.
     """
     from bench.catalog import data as data_mod
-    from bench.catalog.models import build
+    from bench.catalog.models import build, protected_layers
 
     splits = data_mod.load(preset.dataset, data_dir=Path(data_dir) if data_dir is not None else None,
                            download=download)
@@ -98,7 +99,8 @@ def check_model_builds(preset: Preset, *, data_dir: str | Path | None = None, do
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
-                build(preset.model, classes, shape, preset.model_options)
+                model = build(preset.model, classes, shape, preset.model_options)
+            protected_layers(model, classes, preset.protect)  # a pattern that names no layer fails here
             return
         except UsageError:
             raise

@@ -17,6 +17,7 @@ from lorita.layers import (
     is_eligible,
 )
 from lorita.policies import (
+    ALLOCATIONS,
     Energy,
     GlobalThreshold,
     RankPolicy,
@@ -26,7 +27,7 @@ from lorita.policies import (
 )
 
 __all__ = [
-    "ConvComposition", "Energy", "GlobalThreshold", "LayerPlan", "LinearComposition",
+    "ALLOCATIONS", "ConvComposition", "Energy", "GlobalThreshold", "LayerPlan", "LinearComposition",
     "LowRankConv2d", "LowRankLinear", "Plan", "RankPolicy", "RankRatio", "TargetFlopsDrop",
     "TargetParamsDrop", "compress", "compressible_layers", "count_macs_params", "effective_rank", "factorize",
     "is_eligible", "merge", "overparameterize", "spectra", "truncate",

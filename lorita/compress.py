@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lorita.compose import _replace, merge
+from lorita.compose import _replace, _selected, merge
 from lorita.counting import count_macs_params
 from lorita.layers import (
     ConvComposition,
@@ -71,6 +71,7 @@ class Plan:
 
     layers: tuple[LayerPlan, ...]
     policy: RankPolicy | None = None
+    protected: tuple[str, ...] = ()  # layers ``exclude`` kept out of the policy's reach (dense, full rank)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -100,9 +101,14 @@ def _positions(model: nn.Module, layers: Mapping[str, nn.Module],
     return seen
 
 
-def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
+def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None, *,
+             exclude: Iterable[str] | None = None) -> Plan:
     """Choose the rank of every compressible layer of ``model`` with ``policy``.
 
+    ``exclude`` holds glob patterns on qualified layer names (as ``overparameterize`` takes):
+    a matching layer is protected, never shown to the policy, and kept dense at full rank; the
+    drops a target policy aims at are still fractions of the whole model, protected layers
+    included.
     A layer is factored where the policy's rank saves parameters (r·(in+out) < in·out, with
     in = in_channels·kh·kw for a conv); every other layer keeps its full rank, and the plan
     says so. ``model`` may still hold compositions (their merged product is what is ranked).
@@ -115,17 +121,22 @@ def truncate(model: nn.Module, policy: RankPolicy, example_inputs=None) -> Plan:
         raise TypeError(f"policy must be a lorita RankPolicy, got {type(policy).__name__}")
     layers = compressible_layers(model)
     positions = _positions(model, layers, example_inputs) if example_inputs is not None else {}
-    infos = []
+    infos, kept = [], []
     for name, m in layers.items():
         w = _layer_matrix(m)  # merged once per layer, for its spectrum and its shape
+        if not _selected(name, None, exclude):
+            kept.append(LayerPlan(name=name, full_rank=min(w.shape), rank=min(w.shape), factored=False))
+            continue
         infos.append(LayerInfo(name=name, sigma=torch.linalg.svdvals(w), fan_in=w.shape[1], fan_out=w.shape[0],
                                positions=positions.get(name)))
     merged = merge(copy.deepcopy(model))
     totals = Totals(params=sum(p.numel() for p in merged.parameters()),
                     macs=count_macs_params(merged, example_inputs)[0] if example_inputs is not None else None)
     ranks = policy.ranks(infos, totals)
-    return Plan(layers=tuple(LayerPlan(name=li.name, full_rank=li.full_rank, rank=li.deployed_rank(ranks[li.name]),
-                                       factored=li.factored(ranks[li.name])) for li in infos), policy=policy)
+    planned = {li.name: LayerPlan(name=li.name, full_rank=li.full_rank, rank=li.deployed_rank(ranks[li.name]),
+                                  factored=li.factored(ranks[li.name])) for li in infos}
+    planned.update({lp.name: lp for lp in kept})
+    return Plan(layers=tuple(planned[name] for name in layers), policy=policy, protected=tuple(lp.name for lp in kept))
 
 
 def _factor(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,11 +193,12 @@ def factorize(model: nn.Module, plan: Plan) -> nn.Module:
     return merge(deployed)
 
 
-def compress(model: nn.Module, policy: RankPolicy, example_inputs=None) -> nn.Module:
+def compress(model: nn.Module, policy: RankPolicy, example_inputs=None, *,
+             exclude: Iterable[str] | None = None) -> nn.Module:
     """Truncate the SVD of every compressible weight with ``policy`` and deploy the result.
 
-    Equivalent to ``factorize(model, truncate(model, policy, example_inputs))``: a runnable
-    model whose output equals the rank-truncated merged model's. ``example_inputs`` is
-    required for ``TargetFlopsDrop``.
+    Equivalent to ``factorize(model, truncate(model, policy, example_inputs, exclude=exclude))``:
+    a runnable model whose output equals the rank-truncated merged model's, with the layers
+    ``exclude`` names left dense. ``example_inputs`` is required for ``TargetFlopsDrop``.
     """
-    return factorize(model, truncate(model, policy, example_inputs))
+    return factorize(model, truncate(model, policy, example_inputs, exclude=exclude))

@@ -194,7 +194,7 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
             for row, (acc_key, stage) in enumerate(stages):
                 for col, (key, label) in enumerate((("flops_drop", "FLOPs↓ (%)"), ("params_drop", "Params↓ (%)"))):
                     ax = axes[2 * row + col]
-                    left_out = []
+                    left_out, clipped = [], []
                     for method in _method_order(rs):
                         mine = [r for r in rs if r["method"] == method and r.get(key) is not None
                                 and r.get(acc_key) is not None]
@@ -213,8 +213,7 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                         for x, y in pts:
                             if y < floor:
                                 ax.scatter([x], [floor], color=st["color"], marker="v", s=60, zorder=4)
-                                ax.annotate(f"{method} {y:.1f}%", (x, floor), textcoords="offset points",
-                                            xytext=(-6, 2), ha="right", fontsize="x-small", color="0.25")
+                                clipped.append((x, method, y))
                         front = [(x, max(y, floor)) for x, y in pareto_front(pts)]
                         ax.plot(*zip(*front, strict=True), color=st["color"], ls=st["ls"], lw=1.6,
                                 label=st["label"], zorder=2)
@@ -222,6 +221,7 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                         ax.axhline(ref, color=REFERENCE_COLOR, ls=(0, (1, 2)), lw=1.3, label=ref_label)
                     if math.isfinite(floor):
                         ax.set_ylim(floor - 1.0, top + 0.8)
+                        _label_clipped(ax, clipped, floor)
                     if left_out:
                         ax.text(0.02, 0.03, f"not drawn (no FLOPs saved): {', '.join(left_out)}",
                                 transform=ax.transAxes, fontsize="x-small", color="0.3")
@@ -245,6 +245,34 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                                "(warm colours and greens); the black dotted line is the reference accuracy. Up and "
                                "right is better. ▼ marks a point below the axis, its accuracy written beside it."))
     return plots
+
+
+CLIP_CLUSTER = 0.06  # clipped points closer than this share of the x-axis share one label
+
+
+def _label_clipped(ax: Any, clipped: Sequence[tuple[float, str, float]], floor: float) -> None:
+    """One label per cluster of points drawn on the lower edge: a line per method with its real
+    accuracy, stacked upwards from the edge, so that several methods clipped at one target stay
+    readable instead of printing on top of each other."""
+    if not clipped:
+        return
+    xs = [x for x, _, _ in clipped]
+    span = (max(xs) - min(xs)) or 1.0
+    lo, hi = ax.get_xlim()
+    near = CLIP_CLUSTER * max(hi - lo, span)
+    clusters: list[list[tuple[float, str, float]]] = []
+    for point in sorted(clipped):
+        if clusters and point[0] - clusters[-1][-1][0] <= near:
+            clusters[-1].append(point)
+        else:
+            clusters.append([point])
+    for cluster in clusters:
+        x = statistics.fmean(p[0] for p in cluster)
+        text = "\n".join(f"{method} {y:.1f}%" for _, method, y in sorted(cluster, key=lambda p: -p[2]))
+        right = x > (lo + hi) / 2  # keep the label inside the panel
+        ax.annotate(text, (x, floor), textcoords="offset points", xytext=(-8 if right else 8, 6),
+                    ha="right" if right else "left", va="bottom", fontsize="x-small", color="0.2",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.8", "alpha": 0.85}, zorder=5)
 
 
 def layer_name(name: str) -> str:
@@ -326,11 +354,23 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     return plots
 
 
+def _kept_fraction(r: Rec, layer: str, largest: Mapping[str, float]) -> float | None:
+    """What ``r`` keeps of ``layer``: rank / full rank (LoRITa) or channels / dense channels (pruning);
+    records without ``layers_full`` (older ones) against the largest value any record keeps there."""
+    kept = (r.get("layers") or {}).get(layer)
+    if kept is None:
+        return None
+    full = (r.get("layers_full") or {}).get(layer) or largest.get(layer)
+    return kept / full if full else None
+
+
 def kept_layers(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
-    """Per-layer kept rank (LoRITa) or kept output width (pruning) at each target, mean over
-    seeds, as grouped bars per layer, one panel per target."""
+    """Per layer, the kept fraction (LoRITa: rank / full rank; pruning: output channels / the dense
+    model's), mean over seeds, as a heatmap per target: methods down, layers across, so that layers
+    of different shapes compare. Protected layers (the records' ``protected``) are marked."""
+    import seaborn as sns
+
     ok = [r for r in _ok(records) if r.get("layers")]
-    styles = _styles(ok)
     groups = _by_model(ok)
     name = _naming(groups)
     plots = []
@@ -338,32 +378,48 @@ def kept_layers(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
         stem, where = name(g)
         targets = sorted({(r["target_kind"], r["target_drop"]) for r in rs})
         layers = list(dict.fromkeys(layer for r in rs for layer in r["layers"]))
+        largest = {layer: max(r["layers"][layer] for r in rs if layer in r["layers"]) for layer in layers}
+        protected = {p for r in rs for p in r.get("protected") or ()}
         methods = _method_order(rs)
-        width = 0.8 / max(len(methods), 1)
+        ticks = [layer_name(layer) + (" (protected)" if layer in protected else "") for layer in layers]
         with _style():
-            fig, axes = _figure(len(targets), 1, max(6.0, 1.1 * len(layers) * max(1, len(methods) / 3) + 2),
-                                2.6 * len(targets) + 0.6)
+            fig, axes = _figure(len(targets), 1, max(6.0, 0.55 * len(layers) + 2.5),
+                                (0.32 * len(methods) + 1.1) * len(targets) + 1.2)
             for ax, (kind, drop) in zip(axes, targets, strict=True):
-                for j, method in enumerate(methods):
+                grid = []
+                for method in methods:
                     mine = [r for r in rs
                             if r["method"] == method and (r["target_kind"], r["target_drop"]) == (kind, drop)]
-                    if not mine:
-                        continue
-                    ys = [statistics.fmean(r["layers"][layer] for r in mine if layer in r["layers"])
-                          if any(layer in r["layers"] for r in mine) else 0 for layer in layers]
-                    xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(layers))]
-                    ax.bar(xs, ys, width=width * 0.95, color=styles[method]["color"], label=method)
-                ax.set_xticks(range(len(layers)), [layer_name(layer) for layer in layers])
+                    row = []
+                    for layer in layers:
+                        vals = [v for r in mine if (v := _kept_fraction(r, layer, largest)) is not None]
+                        row.append(statistics.fmean(vals) if vals else math.nan)
+                    grid.append(row)
+                sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=len(layers) <= 24, fmt=".2f",
+                            annot_kws={"fontsize": "xx-small"}, cbar=ax is axes[0], xticklabels=ticks,
+                            yticklabels=methods, linewidths=0.4, linecolor="white",
+                            cbar_kws={"label": "kept fraction"} if ax is axes[0] else None)
+                for i, layer in enumerate(layers):
+                    if layer in protected:
+                        ax.add_patch(_outline(i, len(methods)))
                 ax.set_title(f"target: {kind} drop {drop * 100:g}%", fontsize="medium")
-                ax.set_ylabel("kept rank / width")
+                ax.tick_params(axis="x", labelrotation=60, labelsize="x-small")
+                ax.tick_params(axis="y", labelrotation=0, labelsize="small")
             axes[-1].set_xlabel("layer (module name)")
-            _legend(fig, axes[0])
-            fig.suptitle(f"{where}: what each method keeps per layer")
+            fig.suptitle(f"{where}: what each method keeps per layer (fraction of the layer)")
             plots.append(_save(fig, out_dir, f"kept-per-layer_{stem}",
-                               f"Kept rank / channels per layer — {where}",
-                               "LoRITa: rank kept by the global singular-value threshold; pruning: output "
-                               "neurons/channels left by the pruner. Mean over seeds."))
+                               f"Kept fraction per layer — {where}",
+                               "LoRITa: rank kept / full rank of the layer (1.00 where it stays dense); pruning: "
+                               "output neurons/channels left / the dense model's. Mean over seeds; blank: the "
+                               "method has no such layer. Outlined columns, named \"(protected)\", are the "
+                               "protected layers, which no method may change."))
     return plots
+
+
+def _outline(column: int, rows: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((column, 0), 1, rows, fill=False, edgecolor="#D55E00", lw=2.0, clip_on=False)
 
 
 def speedup_vs_theory(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
@@ -423,7 +479,7 @@ FIGURES: tuple[tuple[str, Callable[[Sequence[Rec], Path], list[Plot]], str], ...
     ("Singular-value decay per layer", spectra,
      "no record carries `spectra` (the dense model's singular values per layer); records from "
      "`pytest bench --benchmark-json` carry them, and runner records will once the Record has the field"),
-    ("Kept rank / channels per layer", kept_layers, "no successful run recorded its per-layer ranks or widths"),
+    ("Kept fraction per layer", kept_layers, "no successful run recorded its per-layer ranks or widths"),
     ("Measured vs theoretical speed-up", speedup_vs_theory, "no successful run has both latencies measured"),
 )
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.records.results import atomic_write_text
 from bench.records.sources import config_hash
-from reports import tables
+from reports import health, tables
 from reports.tables import FAMILY_ORDER, latest
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
@@ -278,7 +278,8 @@ def protocol_lines(records: Sequence[Rec], config: Mapping[str, Any] | None,
     if hashes:
         lines.append(f"- Config hash{'es' if len(hashes) > 1 else ''}: {', '.join(f'`{h}`' for h in hashes)}"
                      + ("; each configuration is reported separately, never pooled." if len(hashes) > 1 else "."))
-    return [*lines, "", *recipe_lines(records, by_hash)]
+    return [*lines, "", *recipe_lines(records, by_hash), *health.decay_lines(records),
+            *health.protection_lines(records)]
 
 
 RECIPE_FIELDS = (("optimizer", "Optimizer"), ("lr", "lr"), ("finetune_lr", "Fine-tune lr"),
@@ -321,7 +322,7 @@ def recipe_lines(records: Sequence[Rec], by_hash: Mapping[str, Mapping[str, Any]
 
 
 def _summary(records: Sequence[Rec]) -> str:
-    status = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
+    status = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped", "diverged")}
     models = sorted({f"{r['dataset']} / {r['model']}" for r in records})
     methods = list(dict.fromkeys(r["method"] for r in records))
     seeds = sorted({r["seed"] for r in records})
@@ -333,6 +334,8 @@ def _summary(records: Sequence[Rec]) -> str:
             f"{status['ok']} ok")
     if status["failed"] or status["skipped"]:
         text += f", {status['failed']} failed, {status['skipped']} skipped (reasons in the tables)"
+    if status["diverged"]:
+        text += f", {status['diverged']} of collapsed trainings (under Failed trainings, never ranked)"
     return text + "."
 
 
@@ -492,7 +495,8 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
     atomic_write_text(out_dir / "tables" / "iso_accuracy.tex", tables.iso_latex(iso))
     atomic_write_text(out_dir / "tables" / "iso_accuracy.csv", tables.iso_csv(iso))
 
-    text = [f"# {title}", "", *intro_lines(rows, labels), _summary(records) if records else "No records.", ""]
+    text = [f"# {title}", "", *intro_lines(rows, labels), _summary(records) if records else "No records.", "",
+            *health.failure_lines(records)]
     if len(hashes) > 1:
         text += ["## Configurations", "", "The records come from several configurations; each is reported on its "
                  "own (a configuration is what determines a trained model: dataset, model, budget, device).", ""]

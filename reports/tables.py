@@ -235,9 +235,12 @@ def _sort_key(row: Row) -> tuple:
 
 def rows(records: Iterable[Rec]) -> list[Row]:
     """Table rows, one per (config, dataset, model, method, target), sorted by config, target,
-    then family and N. Records of different config hashes are never aggregated together."""
+    then family and N. Records of different config hashes are never aggregated together; records
+    of a collapsed training (status "diverged") make no row (``reports.health.failure_lines``)."""
     groups: dict[tuple, list[Rec]] = {}
     for r in latest(records):
+        if r.get("status") == "diverged":  # a collapsed training is listed under failures only
+            continue
         groups.setdefault((r.get("config_hash") or "", r["dataset"], r["model"], r["method"], r["target_kind"],
                            r["target_drop"]), []).append(r)
     out = []
@@ -690,8 +693,10 @@ def iso_csv(iso: Sequence[IsoRow]) -> str:
 
 
 def runs_markdown(records: Iterable[Rec]) -> str:
-    """Every run unaggregated (one line per seed): status, accuracies, counts and latencies."""
-    recs = sorted(latest(records), key=lambda r: (r.get("config_hash") or "", r["dataset"], r["model"],
+    """Every run unaggregated (one line per seed): status, accuracies, counts and latencies; runs of
+    a collapsed training are under failures instead (``reports.health``)."""
+    recs = sorted((r for r in latest(records) if r.get("status") != "diverged"),
+                  key=lambda r: (r.get("config_hash") or "", r["dataset"], r["model"],
                                                    r["target_kind"], r["target_drop"],
                                                    FAMILY_ORDER.get(r.get("family", ""), 9), r.get("n") or 0,
                                                    r["method"], r["seed"]))

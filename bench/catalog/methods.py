@@ -15,6 +15,7 @@ from torch import nn
 import lorita
 from baselines import pruning
 from bench.catalog.budget import Target
+from bench.catalog.evaluate import accuracy
 from bench.catalog.protocol import PLAIN, Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.records.errors import NotApplicable
@@ -22,7 +23,8 @@ from bench.records.errors import NotApplicable
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoRITa(Method):
-    """Train with N-factor compositions; merge; truncate the SVD at a global threshold."""
+    """Train with N-factor compositions; merge; truncate the SVD at a global threshold, over the
+    layers the rank allocation spends on, never over the protected ones."""
 
     family: str = "lorita"
     n: int
@@ -39,15 +41,27 @@ class LoRITa(Method):
 
     def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
         dense = self.dense_reference(model).eval()
-        policy = (lorita.TargetParamsDrop(drop=target.drop) if target.kind == "params"
-                  else lorita.TargetFlopsDrop(drop=target.drop))
-        plan = lorita.truncate(dense, policy, calib.example)
-        deployed = lorita.factorize(dense, plan)
+        policy = lorita.TargetParamsDrop if target.kind == "params" else lorita.TargetFlopsDrop
+        candidates = lorita.ALLOCATIONS if calib.allocation == "auto" else (calib.allocation,)
+        built = {}
+        for allocation in candidates:
+            plan = lorita.truncate(dense, policy(drop=target.drop, allocation=allocation), calib.example,
+                                   exclude=calib.protected)
+            built[allocation] = plan, lorita.factorize(dense, plan)
+        scores = {}
+        if len(built) > 1:
+            if calib.val_x is None or calib.val_y is None:
+                raise ValueError("the auto rank allocation chooses on the validation split: pass val_x/val_y")
+            # Chosen on validation, never on test; a tie keeps the paper's global rule (listed first).
+            scores = {a: accuracy(m, calib.val_x, calib.val_y) for a, (_, m) in built.items()}
+        chosen = max(built, key=lambda a: scores.get(a, 0.0)) if scores else next(iter(built))
+        plan, deployed = built[chosen]
         macs0, params0 = lorita.count_macs_params(dense, calib.example)
         macs1, params1 = lorita.count_macs_params(deployed, calib.example)
         got = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
-        return Compressed(model=deployed, achieved_drop=got,
-                          layers={lp.name: lp.rank for lp in plan.layers})
+        return Compressed(model=deployed, achieved_drop=got, layers={lp.name: lp.rank for lp in plan.layers},
+                          full={lp.name: lp.full_rank for lp in plan.layers}, allocation=chosen,
+                          allocation_val_acc=scores)
 
 
 def _register(method: Method, *, description: str, paper: str) -> None:
@@ -85,14 +99,14 @@ class TorchPruning(Method):
         return PLAIN if b.regularizer is None else f"{self.name}:{b.regularizer}(reg={b.reg:g})"
 
     def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
-        return pruning.sparsity_regularizer(model, calib.example, self.baseline,
-                                            ignored=[calib.head] if calib.head else [])
+        return pruning.sparsity_regularizer(model, calib.example, self.baseline, ignored=calib.ignored)
 
     def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        full = _widths(model)
         pruned, got = pruning.prune_to_target(
             model, calib.example, kind=target.kind, drop=target.drop, baseline=self.baseline,
-            ignored=[calib.head] if calib.head else [], calib=(calib.batch_x, calib.batch_y))
-        return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned))
+            ignored=calib.ignored, calib=(calib.batch_x, calib.batch_y))
+        return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned), full=full)
 
 
 for _name, _baseline in pruning.BASELINES.items():

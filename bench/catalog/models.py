@@ -362,6 +362,40 @@ def build(name: str, num_classes: int, input_shape: tuple[int, ...], options: di
         raise UsageError(f"bad options {options!r} for model {name!r}: {err}") from None
 
 
+# The token for "this model's classifier" in a list of protected layers (``--protect``).
+HEAD = "@head"
+# Protected by default, for every method alike: the classifier. Cutting a 10-class head to rank 1
+# saves 0.03 % of VGG-16's parameters and leaves every logit on one line (issue 18); pruning
+# never removes its outputs (they are the classes).
+DEFAULT_PROTECT = (HEAD,)
+
+
+def protected_layers(model: nn.Module, num_classes: int, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The qualified names of the layers of ``model`` that ``patterns`` protect, in model order.
+
+    ``patterns`` are glob patterns on the names of the model's ``nn.Linear`` / ``nn.Conv2d``
+    layers (``features.0``, ``blocks.*.attn.qkv``), and ``HEAD`` for the classifier
+    (``head_of``). No method changes a protected layer: LoRITa keeps it at full rank, pruning
+    passes it as an ignored layer. Raises ``UsageError`` for a pattern that names no layer.
+    """
+    import fnmatch
+
+    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if pattern == HEAD:
+            head = head_of(model, num_classes)
+            chosen |= {head} if head is not None else set()
+            continue
+        hits = {name for name in layers if fnmatch.fnmatchcase(name, pattern)}
+        if not hits:
+            shown = ", ".join(layers[:8]) + (", …" if len(layers) > 8 else "")
+            raise UsageError(f"protected layer pattern {pattern!r} names no Linear or Conv2d layer of this model; "
+                             f"accepted: {HEAD} (the classifier) or glob patterns on layer names such as {shown}")
+        chosen |= hits
+    return tuple(name for name in layers if name in chosen)
+
+
 def head_of(model: nn.Module, num_classes: int) -> str | None:
     """Qualified name of the classifier (last Linear with ``num_classes`` outputs), or ``None``."""
     head = None

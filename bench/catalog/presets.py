@@ -11,11 +11,15 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import lorita
 from bench.catalog.budget import RECIPE_FIELDS, Budget, Target
-from bench.catalog.models import check_options, resolve
+from bench.catalog.models import DEFAULT_PROTECT, check_options, resolve
 from bench.catalog.protocol import FAMILIES, Method
 from bench.catalog.registry import DATASETS, METHODS, PRESETS
 from bench.records.errors import UsageError
+
+# LoRITa's rank allocations a preset may name: lorita's own, or "auto" (chosen on validation).
+ALLOCATIONS = (*lorita.ALLOCATIONS, "auto")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +46,12 @@ class Preset:
     # bench.execution.tune), with the grid every method searched.
     recipe_source: str = "preset"
     tune_grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # Layers no method may change, the same list for every method (``bench.catalog.models.
+    # protected_layers``: glob patterns on layer names, "@head" for the classifier).
+    protect: tuple[str, ...] = DEFAULT_PROTECT
+    # LoRITa's rank allocation: one of ``lorita.ALLOCATIONS``, or "auto": at each target, the one
+    # whose truncated model is most accurate on the validation split (never the test split).
+    allocation: str = "auto"
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -59,6 +69,11 @@ class Preset:
             if len(set(values)) != len(values):  # each would be run, and recorded, twice
                 twice = sorted({str(v) for v in values if values.count(v) > 1})
                 raise UsageError(f"{what} given twice: {', '.join(twice)}; accepted: each at most once")
+        if self.allocation not in ALLOCATIONS:
+            raise UsageError(f"bad rank allocation {self.allocation!r}; accepted: {', '.join(ALLOCATIONS)}")
+        if not isinstance(self.protect, tuple) or not all(isinstance(p, str) and p.strip() for p in self.protect):
+            raise UsageError(f"bad protected layers {self.protect!r}; accepted: a tuple of layer-name patterns "
+                             "or @head (the classifier), possibly empty")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"bad device {self.device!r}; accepted: cpu, cuda, cuda:N")
         for key, fields in self.recipes.items():
@@ -105,7 +120,8 @@ class Preset:
     def config_hash(self) -> str:
         """Hash of what determines a trained model and its numbers (not the method list or targets)."""
         key = {"dataset": self.dataset, "model": self.model, "model_options": self.model_options,
-               "budget": asdict(self.budget), "device": self.device, "amp": self.amp}
+               "budget": asdict(self.budget), "device": self.device, "amp": self.amp,
+               "protect": list(self.protect), "allocation": self.allocation}
         if self.recipes:  # only then, so that configurations without recipes keep their hashes
             key["recipes"] = self.recipes
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

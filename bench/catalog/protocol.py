@@ -30,10 +30,14 @@ FAMILIES = ("lorita", "pruning", "dense")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Calib:
-    """What ``compress`` may look at: data from the *train* split only, and the head's name.
+    """What ``compress`` may look at: data from the *train* split only (validation is carved from
+    it; the test split never reaches a method), the head's name and the protocol's choices.
 
     ``example`` is one input sample (for tracing and counting); ``batch_x``/``batch_y`` a
-    labelled calibration batch (for gradient-based importances such as Taylor or Hessian).
+    labelled calibration batch (for gradient-based importances such as Taylor or Hessian);
+    ``val_x``/``val_y`` the validation split, for choices made on held-out data (LoRITa's
+    "auto" rank allocation). ``protected`` names the layers no method may change (the same list
+    for every method); ``allocation`` is LoRITa's rank allocation (``Preset.allocation``).
     """
 
     example: torch.Tensor
@@ -41,6 +45,16 @@ class Calib:
     batch_y: torch.Tensor
     num_classes: int
     head: str | None  # qualified name of the classifier layer, whose output width is never pruned
+    protected: tuple[str, ...] = ()
+    allocation: str = "global"
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    @property
+    def ignored(self) -> list[str]:
+        """What pruning passes as ignored layers: the protected ones and the head (its outputs are
+        the classes, which no method removes)."""
+        return list(dict.fromkeys([*self.protected, *([self.head] if self.head else [])]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +63,11 @@ class Compressed:
     achieved_drop: float
     layers: dict[str, Any] = field(default_factory=dict)  # per-layer ranks or widths
     note: str = ""  # caveat the report must show (e.g. "sparse weights run on dense kernels")
+    # Per layer, the full size the kept number is a fraction of (full rank; channels of the dense
+    # model), so that layers of different shapes compare in the kept-per-layer figure.
+    full: dict[str, int] = field(default_factory=dict)
+    allocation: str | None = None  # LoRITa: the rank allocation used (lorita.ALLOCATIONS)
+    allocation_val_acc: dict[str, float] = field(default_factory=dict)  # "auto": each candidate's val acc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,7 +47,7 @@ def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
     """Cache key of the trained model: everything that determines its weights."""
     return cache_key({"dataset": preset.dataset, "model": preset.model, "options": preset.model_options,
                       "prepare": preset.pretraining_of(method), "budget": asdict(preset.pretraining_budget(method)),
-                      "seed": seed,
+                      "seed": seed, "protect": list(preset.protect),  # a sparsity regularizer skips them
                       "device": torch.device(preset.device).type, "amp": preset.amp,
                       "versions": versions(), "code": code_digest()})
 

@@ -24,20 +24,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.catalog.budget import Target
+from bench.catalog.budget import Target, decay_budget
 from bench.catalog.data import Splits, load
-from bench.catalog.models import build, head_of
+from bench.catalog.models import build, head_of, protected_layers
 from bench.catalog.presets import Preset
 from bench.catalog.protocol import Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.execution import cache, distributed, measure
 from bench.execution.provenance import versions
 from bench.execution.train import TrainStats, accuracy, steps_per_epoch, train
-from bench.records.errors import NotApplicable
+from bench.records.errors import NotApplicable, TrainingDiverged
 from bench.records.results import Record, landing
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
+# A training whose dense model ends at most this many times chance accuracy on validation (and at
+# most chance + CHANCE_PP) collapsed: its records are "diverged", never ranked. A model at chance
+# predicts one class; the margin keeps a model that barely left it out of the rankings too.
+CHANCE_FACTOR, CHANCE_PP = 1.5, 0.02
 # The method a reference-only job trains as: standard training, the dense model kept as it is.
 REFERENCE = Method(name="reference", family="dense")  # pretraining(): PLAIN
 
@@ -135,6 +139,12 @@ def record_base(preset: Preset, method: Method, target: Target, seed: int) -> di
             "recipe": preset.recipe_of(method)}
 
 
+def collapsed(val_acc: float, num_classes: int) -> bool:
+    """Whether a validation accuracy is at or near chance (see ``CHANCE_FACTOR``); NaN counts."""
+    chance = 1 / num_classes
+    return not val_acc > max(CHANCE_FACTOR * chance, chance + CHANCE_PP)
+
+
 def failed_records(job: TrainJob, reason: str) -> tuple[Record, ...]:
     """A failed record for each target of ``job``, which raised (or was lost) with ``reason``."""
     return tuple(Record(**record_base(job.preset, METHODS.get(name), t, job.seed), status="failed", reason=reason)
@@ -193,11 +203,25 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
         return Group(built=built)
     lead = active[0][0] if active else REFERENCE  # every method of the group prepares and trains the same way
     head = head_of(model, data.num_classes)  # named in the original architecture
+    protected = protected_layers(model, data.num_classes, preset.protect)
     model = lead.prepare(model).to(preset.device)
     calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
-                  num_classes=data.num_classes, head=head)
-    trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
-    dense = measure_dense(preset, lead, trained, data)
+                  num_classes=data.num_classes, head=head, protected=protected, allocation=preset.allocation,
+                  val_x=data.val_x, val_y=data.val_y)
+    try:
+        trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
+        dense = measure_dense(preset, lead, trained, data)
+        if collapsed(dense.fields["base_val_acc"], data.num_classes):
+            raise TrainingDiverged(f"training collapsed: validation accuracy {dense.fields['base_val_acc']:.2%} is at "
+                                   f"chance ({1 / data.num_classes:.0%}) after {trained.stats.steps} steps",
+                                   curve=trained.stats.curve())
+    except TrainingDiverged as why:
+        log.warning("%s seed %d: %s", lead.name, seed, why)
+        for method, targets in active:
+            built[method.name] = Built(records=tuple(
+                Record(**record_base(preset, method, t, seed), status="diverged", reason=str(why),
+                       pretrain_curve=why.curve, protected=list(protected)) for t in targets))
+        return Group(built={m.name: built[m.name] for m, _ in work})
     for method, targets in active:
         records, deployed = [], {}
         for target in targets:
@@ -270,7 +294,8 @@ def measure_dense(preset: Preset, method: Method, trained: Trained, data: Splits
         "base_acc": acc, "base_acc_top5": top5, "base_val_acc": val, "base_acc_val_selected": trained.best_acc,
         "best_val_epoch": stats.best_epoch or None, "dense_params": params, "dense_macs": macs,
         "spectra": spectra, "pretrain_steps": stats.steps, "pretrain_wall_s": stats.wall_s,
-        "pretrain_cached": trained.cached})
+        "pretrain_cached": trained.cached, "pretrain_curve": stats.curve(),
+        "pretrain_decay_budget": decay_budget(preset.budget_for(method), stats.lr_sum)})
 
 
 def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, data: Splits, calib: Calib,
@@ -295,9 +320,9 @@ def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, d
         ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr, seed=seed + 1,
                    progress=progress, desc=f"{method.name} {target} fine-tune", **preset.speed())
         deployed = method.finalize(deployed).eval()
-        r = Record(**base, **dense.fields, **zero_shot,
+        r = Record(**base, **dense.fields, **zero_shot, protected=list(calib.protected),
                    **_deployed_fields(preset, method, deployed, out, data, dense),
-                   **_training_fields(preset, trained.stats, ft))
+                   **_training_fields(preset, trained.stats, ft), finetune_decay_budget=decay_budget(budget, ft.lr_sum))
         return replace(r, **landing(target.kind, target.drop, r.params_drop, r.flops_drop, r.note)), deployed
     except NotApplicable as why:
         return Record(**base, status="skipped", reason=str(why)), None
@@ -318,7 +343,8 @@ def _deployed_fields(preset: Preset, method: Method, deployed: nn.Module, out: C
     # (the plainly trained model of this seed) and replaces it by acc - ref_acc.
     return {"acc": acc, "acc_top5": top5, "delta_acc": acc - d["base_acc"], "val_acc": val, "params": params,
             "params_drop": 1 - params / d["dense_params"], "macs": macs, "flops_drop": 1 - macs / d["dense_macs"],
-            "achieved_drop": out.achieved_drop, "layers": out.layers, "note": out.note,
+            "achieved_drop": out.achieved_drop, "layers": out.layers, "layers_full": out.full, "note": out.note,
+            "allocation": out.allocation, "allocation_val_acc": out.allocation_val_acc,
             "latency_device": lat.deployed.device, "latency_batch": 1,
             "latency_dense_ms": lat.dense.median_ms, "latency_dense_iqr_ms": lat.dense.iqr_ms,
             "latency_ms": lat.deployed.median_ms, "latency_iqr_ms": lat.deployed.iqr_ms,

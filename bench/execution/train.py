@@ -22,6 +22,7 @@ from torch import nn
 
 from bench.catalog.budget import Budget
 from bench.catalog.data import Splits
+from bench.catalog.evaluate import accuracy
 from bench.execution import distributed
 from bench.execution import progress as progress_out
 from bench.records.errors import TrainingDiverged
@@ -38,8 +39,20 @@ class TrainStats:
     # Peak memory of this training in MiB: CUDA ``max_memory_allocated`` on a GPU, the process's
     # peak resident size (VmHWM, reset at the start) on CPU; None where neither can be read.
     peak_mem_mb: float | None = None
+    # Σₜ lrₜ over the optimizer steps taken: with the budget's weight decay and momentum, the decay
+    # budget (``bench.catalog.budget.decay_budget``) this training gave weight decay to act
+    # (``bench.catalog.budget.planned_lr_sum`` predicts it).
+    lr_sum: float = 0.0
+    # Per epoch: the mean training loss, and the validation accuracy where it was computed (with
+    # keep_best or progress shown; else empty). A collapsed training is judged on them.
+    loss_curve: tuple[float, ...] = ()
+    val_curve: tuple[float, ...] = ()
     # With keep_best: that epoch's weights (the validation-selected model); never cached in meta.
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def curve(self) -> dict[str, list[float]]:
+        """The per-epoch curve as a record stores it: {"loss": […], "val_acc": […]}."""
+        return {"loss": list(self.loss_curve), "val_acc": list(self.val_curve)}
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -111,20 +124,6 @@ def augment_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> to
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, k: int = 1) -> float:
-    """Top-k accuracy (a fraction) of ``model`` in eval mode; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
-        correct += int((topk == y[i:i + batch_size, None]).any(dim=1).sum())
-    model.train(was_training)
-    return correct / max(1, len(x))
-
-
 def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: float, seed: int,
           progress: bool = False, desc: str = "",
           after_backward: Callable[[nn.Module], None] | None = None,
@@ -155,21 +154,27 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         model.to(memory_format=torch.channels_last)
     forward = _forward(model, device, compile)
     _reset_peak_memory(device)
-    start, steps, loss_value, val_acc = time.perf_counter(), 0, float("nan"), float("nan")
+    start, steps, loss_value, val_acc, lrs = time.perf_counter(), 0, float("nan"), float("nan"), 0.0
+    losses: list[float] = []
+    vals: list[float] = []
     best_val_acc, best_epoch, best_state = float("nan"), 0, None
     show = progress and epochs > 0
     bar = progress_out.bar(epochs, desc=desc, unit="ep", leave=False) if show else None
     model.train()
     for epoch in range(epochs):
-        loss_sum, done = _epoch(model, forward, data, budget, opt, sched, gen, nhwc=nhwc, bf16=cuda and amp,
-                                after_backward=after_backward)
+        loss_sum, done, epoch_lrs = _epoch(model, forward, data, budget, opt, sched, gen, nhwc=nhwc,
+                                           bf16=cuda and amp, after_backward=after_backward)
         steps += done
+        lrs += epoch_lrs
         loss_value = float(loss_sum) / max(1, per_epoch)
+        losses.append(loss_value)
         # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
         if not distributed.agree(math.isfinite(loss_value), device):
-            raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})")
+            raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})",
+                                   curve={"loss": losses, "val_acc": vals})
         if bar is not None or keep_best:
             val_acc = accuracy(model, data.val_x, data.val_y)
+            vals.append(val_acc)
         if keep_best and not val_acc <= best_val_acc:  # ties keep the earlier epoch; NaN best = none yet
             best_val_acc, best_epoch = val_acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -187,7 +192,8 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
         model.to(memory_format=torch.contiguous_format)
     return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
                       best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state,
-                      peak_mem_mb=peak_memory_mb(device))
+                      peak_mem_mb=peak_memory_mb(device), lr_sum=lrs, loss_curve=tuple(losses),
+                      val_curve=tuple(vals))
 
 
 def _forward(model: nn.Module, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -202,11 +208,12 @@ def _forward(model: nn.Module, device: torch.device, compile: bool) -> Callable[
 
 def _epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], data: Splits, budget: Budget,
            opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, *, nhwc: bool, bf16: bool,
-           after_backward: Callable[[nn.Module], None] | None) -> tuple[torch.Tensor, int]:
-    """One pass over a fresh permutation of ``data.train`` drawn from ``gen``: (summed loss, steps)."""
+           after_backward: Callable[[nn.Module], None] | None) -> tuple[torch.Tensor, int, float]:
+    """One pass over a fresh permutation of ``data.train`` drawn from ``gen``: (summed loss, steps,
+    Σ lr over its steps)."""
     n, device = len(data.train_x), data.train_x.device
     ranks, me = distributed.world(), distributed.rank()
-    loss_sum, steps = torch.zeros((), device=device), 0
+    loss_sum, steps, lrs = torch.zeros((), device=device), 0, 0.0
     order = torch.randperm(n, generator=gen).to(device)
     for i in range(0, n, budget.batch_size):
         idx = order[i:i + budget.batch_size]
@@ -230,8 +237,9 @@ def _epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], da
         loss.backward()
         if after_backward is not None:
             after_backward(model)
+        lrs += opt.param_groups[0]["lr"]
         opt.step()
         if sched is not None:
             sched.step()
         steps += 1
-    return loss_sum, steps
+    return loss_sum, steps, lrs

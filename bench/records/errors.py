@@ -6,7 +6,12 @@ class UsageError(Exception):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the run is recorded as failed and the suite goes on."""
+    """The training collapsed (non-finite loss, or a model at chance): its records get status
+    "diverged" with ``curve`` (per-epoch "loss" and "val_acc", as far as it got), the suite goes on."""
+
+    def __init__(self, message: str, curve: dict | None = None) -> None:
+        super().__init__(message)
+        self.curve = curve or {}
 
 
 class NotApplicable(Exception):

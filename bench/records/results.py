@@ -26,8 +26,12 @@ from typing import IO, Any
 
 from bench.records.errors import UsageError
 
-STATUSES = ("ok", "failed", "skipped")
-DONE = ("ok", "skipped")  # statuses a resumed run does not repeat (a failed cell is tried again)
+# "diverged": the training ended with a non-finite loss or at chance accuracy on validation; its
+# records carry the curve and the recipe, and are never ranked, bold or plotted.
+STATUSES = ("ok", "failed", "skipped", "diverged")
+# Statuses a resumed run does not repeat: a failed cell is tried again; a diverged one is a
+# result about its recipe (the cached collapsed model would give it again).
+DONE = ("ok", "skipped", "diverged")
 RESULTS = "results.jsonl"  # a run folder's records, one JSON object a line
 CONFIG = "config.json"  # a run folder's resolved preset (and its published numbers)
 BENCH_KEY = "lorita_bench"  # top-level key the suite adds to pytest-benchmark's JSON (preset and config)
@@ -68,6 +72,15 @@ class Record:
     flops_drop: float | None = None
     achieved_drop: float | None = None
     layers: dict[str, int] = field(default_factory=dict)
+    # Per layer, what ``layers`` counts out of: the full rank (LoRITa) or the dense model's
+    # channels (pruning); the kept-per-layer figure shows layers[k] / layers_full[k].
+    layers_full: dict[str, int] = field(default_factory=dict)
+    # The layers no method changed in this run: one list for every method (``--protect``).
+    protected: list[str] = field(default_factory=list)
+    # LoRITa: the rank allocation used at this target (lorita.ALLOCATIONS) and, when it was chosen
+    # ("auto"), each candidate's zero-shot validation accuracy.
+    allocation: str | None = None
+    allocation_val_acc: dict[str, float] = field(default_factory=dict)
     note: str = ""
     spectra: dict[str, list[float]] = field(default_factory=dict)  # dense model's σᵢ/σ₁ per layer
     latency_device: str | None = None
@@ -90,6 +103,12 @@ class Record:
     # or on CPU the process's peak resident size during training (data set included).
     train_peak_mem_mb: float | None = None
     finetune_peak_mem_mb: float | None = None
+    # How far weight decay could act (bench.catalog.budget.decay_budget): Σₜ lrₜ·wd/(1−momentum)
+    # for SGD, Σₜ lrₜ·wd for AdamW; a direction without gradient support keeps e^(−budget).
+    pretrain_decay_budget: float | None = None
+    finetune_decay_budget: float | None = None
+    # The pre-training's per-epoch {"loss": […], "val_acc": […]} (val_acc where computed).
+    pretrain_curve: dict[str, list[float]] = field(default_factory=dict)
     # What this record's model was trained as ("plain", "lorita-n3", "depgraph-sl:group-norm(reg=…)"):
     # methods of one pretrain_id, config and seed compress the very same trained model.
     pretrain_id: str | None = None
