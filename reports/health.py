@@ -95,7 +95,8 @@ def decay_lines(records: Sequence[Rec]) -> list[str]:
     lines = ["### Decay budget", "",
              "How far weight decay could act: Σₜ lrₜ·wd/(1−momentum) over the optimizer steps (SGD, coupled L2), "
              "Σₜ lrₜ·wd (AdamW, decoupled). A direction of a weight that no gradient supports keeps about e^(−budget) "
-             f"of its size; LoRITa's low rank needs that room. The {OFFICIAL_RECIPE} gives {OFFICIAL_DECAY_BUDGET:.1f}.",
+             "of its size; LoRITa's low rank needs that room. The "
+             f"{OFFICIAL_RECIPE} gives {OFFICIAL_DECAY_BUDGET:.1f}.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * (1 + several) + "--:|" * 3]
     groups: dict[tuple, list[Rec]] = {}
     for r in sorted(recs, key=_order):
@@ -113,8 +114,8 @@ def decay_lines(records: Sequence[Rec]) -> list[str]:
         worst = max(b for _, b in low)
         lines += ["", f"**Warning: at this budget N > 1 cannot be expected to differ from N = 1.** LoRITa's "
                   f"pre-training decay budget is {', '.join(f'{b:.3g} ({m})' for m, b in low)}, below "
-                  f"{MIN_DECAY_BUDGET:g}: an unsupported direction still keeps {kept_fraction(worst) * 100:.0f} % of its "
-                  f"size, against {kept_fraction(OFFICIAL_DECAY_BUDGET) * 100:.1f} % under the official recipe. "
+                  f"{MIN_DECAY_BUDGET:g}: an unsupported direction still keeps {kept_fraction(worst) * 100:.0f} % "
+                  "of its size, against {kept_fraction(OFFICIAL_DECAY_BUDGET) * 100:.1f} % under the official recipe. "
                   "Differences between N here come from initialization and optimization, not from the low-rank "
                   "bias of weight decay; lengthen the training or raise lr·wd (for every method alike)."]
     return [*lines, ""]
@@ -141,10 +142,12 @@ def protection_lines(records: Sequence[Rec]) -> list[str]:
               "layer; *min-share* the same threshold over the layers whose truncation to rank 1 would save at least "
               "1 % of the model (params, or MACs for a FLOPs target), the others kept at full rank. Where the run "
               "chose (*auto*), the zero-shot validation accuracy of each candidate decided; the test split never "
-              "did.", "", "| Method | Target | Used (seeds) | Val acc, global | Val acc, min-share |", "|---|---|---|--:|--:|"]
+              "did.", "", "| Method | Target | Used (seeds) | Val acc, global | Val acc, min-share |",
+              "|---|---|---|--:|--:|"]
     groups: dict[tuple, list[Rec]] = {}
     for r in sorted(lor, key=lambda r: (*_order(r), r["target_kind"], r["target_drop"])):
-        groups.setdefault((r.get("config_hash") or "", r["method"], r["target_kind"], r["target_drop"]), []).append(r)
+        key = (r.get("config_hash") or "", r["method"], r["target_kind"], r["target_drop"])
+        groups.setdefault(key, []).append(r)
     for (_, method, kind, drop), rs in groups.items():
         used: dict[str, int] = {}
         for r in rs:
