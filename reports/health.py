@@ -131,8 +131,9 @@ def protection_lines(records: Sequence[Rec]) -> list[str]:
     if protected:
         lines += ["### Protected layers and rank allocation", ""]
         for p in protected:
+            names = ", ".join(f"`{layer_name(n)}`" for n in p) or "none"
             lines.append("- Protected layers (no method changes them: LoRITa keeps them at full rank, pruning "
-                         f"passes them as ignored layers): {', '.join(f'`{layer_name(n)}`' for n in p) if p else 'none'}.")
+                         f"passes them as ignored layers): {names}.")
     lor = [r for r in ok if r.get("family") == "lorita" and r.get("allocation")]
     if not lor:
         return [*lines, ""] if lines else []
