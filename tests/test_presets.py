@@ -15,7 +15,8 @@ PAPER = {"mnist-fcn": ("width=32", None), "fashion-mnist-fcn": ("width=32", None
          "cifar10-vit": ("embed_dim=24,depth=1,num_heads=2", tvd.CIFAR10),
          "cifar100-vgg16": ("width=0.0625", tvd.CIFAR100), "fashion-mnist-vgg16": ("width=0.0625", None),
          "fashion-mnist-resnet20": ("width=0.5", None),
-         "fashion-mnist-vit": ("embed_dim=24,depth=1,num_heads=2", None)}
+         "fashion-mnist-vit": ("embed_dim=24,depth=1,num_heads=2", None),
+         "fashion-mnist-cpu-vgg16": ("width=0.0625", None)}
 
 
 @pytest.mark.parametrize("preset", PAPER)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 CALIB_BATCH = 128  # labelled train samples a gradient-based importance may look at
 # A training whose dense model ends at most this many times chance accuracy on validation (and at
 # most chance + CHANCE_PP) collapsed: its records are "diverged", never ranked. A model at chance
-# predicts one class; the margin keeps a model that barely left it out of the rankings too.
-CHANCE_FACTOR, CHANCE_PP = 1.5, 0.02
+# predicts one class; the margin keeps a model that barely left it out of the rankings too. On
+# fewer than COLLAPSE_MIN_VAL validation images the margin is inside the sampling noise of an
+# accuracy (±7 pp at 20 images), so there only a non-finite loss marks a collapse.
+CHANCE_FACTOR, CHANCE_PP, COLLAPSE_MIN_VAL = 1.5, 0.02, 200
 # The method a reference-only job trains as: standard training, the dense model kept as it is.
 REFERENCE = Method(name="reference", family="dense")  # pretraining(): PLAIN
 
@@ -139,10 +142,13 @@ def record_base(preset: Preset, method: Method, target: Target, seed: int) -> di
             "recipe": preset.recipe_of(method)}
 
 
-def collapsed(val_acc: float, num_classes: int) -> bool:
-    """Whether a validation accuracy is at or near chance (see ``CHANCE_FACTOR``); NaN counts."""
+def collapsed(val_acc: float, num_classes: int, n_val: int) -> bool:
+    """Whether a validation accuracy over ``n_val`` images is at or near chance (see ``CHANCE_FACTOR``);
+    NaN counts, and with fewer than ``COLLAPSE_MIN_VAL`` images only NaN does."""
+    if math.isnan(val_acc):
+        return True
     chance = 1 / num_classes
-    return not val_acc > max(CHANCE_FACTOR * chance, chance + CHANCE_PP)
+    return n_val >= COLLAPSE_MIN_VAL and val_acc <= max(CHANCE_FACTOR * chance, chance + CHANCE_PP)
 
 
 def failed_records(job: TrainJob, reason: str) -> tuple[Record, ...]:
@@ -211,7 +217,7 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     try:
         trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
         dense = measure_dense(preset, lead, trained, data)
-        if collapsed(dense.fields["base_val_acc"], data.num_classes):
+        if collapsed(dense.fields["base_val_acc"], data.num_classes, len(data.val_y)):
             raise TrainingDiverged(f"training collapsed: validation accuracy {dense.fields['base_val_acc']:.2%} is at "
                                    f"chance ({1 / data.num_classes:.0%}) after {trained.stats.steps} steps",
                                    curve=trained.stats.curve())
