@@ -186,9 +186,11 @@ def test_official_decay_budget_is_the_repro_recipe_s():
 @pytest.mark.parametrize(("preset", "n_train"), [("fashion-mnist-vgg16", 55_000), ("fashion-mnist-resnet20", 55_000),
                                                  ("fashion-mnist-vit", 55_000), ("fashion-mnist-cpu-vgg16", 10_000)])
 def test_shortened_presets_keep_room_for_weight_decay(preset, n_train):
-    b = PRESETS.get(preset).budget
-    lr_sum = planned_lr_sum(b, lr=b.lr, epochs=b.train_epochs, per_epoch=math.ceil(n_train / b.batch_size))
-    assert decay_budget(b, lr_sum) >= 0.6
+    p = PRESETS.get(preset)
+    for method in p.methods:  # each method's own recipe included (AdamW: LoRITa at lr/N, wd ×N)
+        b = p.budget_for(registry.METHODS.get(method))
+        lr_sum = planned_lr_sum(b, lr=b.lr, epochs=b.train_epochs, per_epoch=math.ceil(n_train / b.batch_size))
+        assert decay_budget(b, lr_sum) >= 0.6, method
 
 
 def test_clipped_points_at_one_target_get_one_readable_label():
