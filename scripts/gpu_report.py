@@ -105,7 +105,8 @@ def render(out_dir: Path, epochs: int, finetune: int) -> int:
     steps = json.loads((out_dir / "steps.json").read_text()) if (out_dir / "steps.json").exists() else []
     by_preset = {p.name: [r.to_dict() for r in load_records(p / RESULTS)] for p in sorted(out_dir.iterdir())
                  if (p / RESULTS).exists()}
-    failed = sum(r.get("status") == "failed" for rs in by_preset.values() for r in rs)
+    # A collapsed training ("diverged") is a failed run too, never a result.
+    failed = sum(r.get("status") in ("failed", "diverged") for rs in by_preset.values() for r in rs)
     lines = ["# GPU evidence", "", *machine_lines(machine), "",
              f"Reduced budget, stated: every method trains {epochs - finetune} epoch(s) before compression and "
              f"fine-tunes {finetune} epoch(s) after, one seed (0), batch 128 on Fashion-MNIST padded to 32×32 "
