@@ -354,6 +354,12 @@ def spectra(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     return plots
 
 
+def _natural(names: Iterable[str]) -> list[str]:
+    """Layer names in natural order (``features.3`` before ``features.10``): records without
+    ``layer_order`` stored their layers with sorted keys, and the model's order is lost."""
+    return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+
+
 def _kept_fraction(r: Rec, layer: str, largest: Mapping[str, float]) -> float | None:
     """What ``r`` keeps of ``layer``: rank / full rank (LoRITa) or channels / dense channels (pruning);
     records without ``layers_full`` (older ones) against the largest value any record keeps there."""
@@ -377,7 +383,7 @@ def kept_layers(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     for g, rs in groups.items():
         stem, where = name(g)
         targets = sorted({(r["target_kind"], r["target_drop"]) for r in rs})
-        layers = list(dict.fromkeys(layer for r in rs for layer in r["layers"]))
+        layers = list(dict.fromkeys(layer for r in rs for layer in (r.get("layer_order") or _natural(r["layers"]))))
         largest = {layer: max(r["layers"][layer] for r in rs if layer in r["layers"]) for layer in layers}
         protected = {p for r in rs for p in r.get("protected") or ()}
         methods = _method_order(rs)

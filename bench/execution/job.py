@@ -349,7 +349,8 @@ def _deployed_fields(preset: Preset, method: Method, deployed: nn.Module, out: C
     # (the plainly trained model of this seed) and replaces it by acc - ref_acc.
     return {"acc": acc, "acc_top5": top5, "delta_acc": acc - d["base_acc"], "val_acc": val, "params": params,
             "params_drop": 1 - params / d["dense_params"], "macs": macs, "flops_drop": 1 - macs / d["dense_macs"],
-            "achieved_drop": out.achieved_drop, "layers": out.layers, "layers_full": out.full, "note": out.note,
+            "achieved_drop": out.achieved_drop, "layers": out.layers, "layers_full": out.full,
+            "layer_order": list(out.layers), "note": out.note,
             "allocation": out.allocation, "allocation_val_acc": out.allocation_val_acc,
             "latency_device": lat.deployed.device, "latency_batch": 1,
             "latency_dense_ms": lat.dense.median_ms, "latency_dense_iqr_ms": lat.dense.iqr_ms,

@@ -75,6 +75,8 @@ class Record:
     # Per layer, what ``layers`` counts out of: the full rank (LoRITa) or the dense model's
     # channels (pruning); the kept-per-layer figure shows layers[k] / layers_full[k].
     layers_full: dict[str, int] = field(default_factory=dict)
+    # The names of ``layers`` in the model's order (JSON objects are stored with sorted keys).
+    layer_order: list[str] = field(default_factory=list)
     # The layers no method changed in this run: one list for every method (``--protect``).
     protected: list[str] = field(default_factory=list)
     # LoRITa: the rank allocation used at this target (lorita.ALLOCATIONS) and, when it was chosen
