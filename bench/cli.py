@@ -101,7 +101,7 @@ def _preset_changes(args: argparse.Namespace) -> dict[str, object]:
             "targets": parse_targets(args.targets) if args.targets else None,
             "seeds": _ints(args.seeds, "seeds") if args.seeds else None,
             "protect": _protect(args.protect) if args.protect is not None else None,
-            "allocation": args.allocation}
+            "allocation": args.allocation, "chance_check": False if args.no_chance_check else None}
 
 
 def _protect(text: str) -> tuple[str, ...]:
@@ -284,6 +284,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "paper's), min-share (the same threshold over layers that can save at least 1 %% of the "
                      "model), auto (at each target, the one more accurate on the validation split) "
                      f"({d}: auto)")
+    run.add_argument("--no-chance-check", action="store_true", help="rank a dense model that ends at chance on "
+                     "validation instead of recording its training as diverged: only for plumbing runs on "
+                     "random-label data; a non-finite loss is a collapse either way (default: checked)")
     run.add_argument("--tune", action="store_true", help="choose each method's recipe on the validation split: "
                      "every method runs every point of one grid (--tune-grid; default: weight decay at 1/3, 1 and 3 "
                      "times the preset's) and keeps its best; the steps stay the same (default: off)")

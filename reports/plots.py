@@ -247,7 +247,9 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     return plots
 
 
-CLIP_CLUSTER = 0.06  # clipped points closer than this share of the x-axis share one label
+# Clipped points closer than this share of the x-axis share one label: about a label's width
+# (a method name and an accuracy in x-small type), so that neighbouring labels do not overlap.
+CLIP_CLUSTER = 0.15
 
 
 def _label_clipped(ax: Any, clipped: Sequence[tuple[float, str, float]], floor: float) -> None:

@@ -74,9 +74,9 @@ def test_checkpoint_round_trip_and_key_sensitivity(tmp_path):
     assert cache.cache_key({"a": 1}) != cache.cache_key({"a": 2})
 
 
-def test_a_diverging_run_is_a_failed_record_and_the_suite_goes_on(tmp_path):
+def test_a_diverging_run_is_a_diverged_record_and_the_suite_goes_on(tmp_path):
     code = main([*ARGS, "--methods", "lorita-n3,l1-filter", "--lr", "1e6", "--out", str(tmp_path),
                  "--cache-dir", str(tmp_path / "ckpt")])
     assert code == 0
     recs = {r.method: r for r in load_records(tmp_path / "results.jsonl")}
-    assert recs["lorita-n3"].status == "failed" and "non-finite loss" in recs["lorita-n3"].reason
+    assert recs["lorita-n3"].status == "diverged" and "non-finite loss" in recs["lorita-n3"].reason

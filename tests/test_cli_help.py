@@ -43,10 +43,9 @@ def test_defaults_the_help_states_are_the_real_ones():
     quick = PRESETS.get("quick")
     assert quick.latency_rounds == 30 and quick.throughput_batch == 256 and quick.seeds == (0,)
     assert PRESETS.get("ci").latency_rounds == 20
-    assert {p.device for n, p in ((e.name, e.obj) for e in PRESETS) if n in ("quick", "ci") or n.endswith("-fcn")} \
-        == {"cpu"}
-    assert {e.obj.device for e in PRESETS if e.name not in ("quick", "ci") and not e.name.endswith("-fcn")} \
-        == {"cuda"}
+    cpu = ("quick", "ci", "fashion-mnist-cpu-vgg16")
+    assert {p.device for n, p in ((e.name, e.obj) for e in PRESETS) if n in cpu or n.endswith("-fcn")} == {"cpu"}
+    assert {e.obj.device for e in PRESETS if e.name not in cpu and not e.name.endswith("-fcn")} == {"cuda"}
     assert not any(e.obj.compile for e in PRESETS)
     assert {e.name for e in PRESETS if not e.obj.amp} == {e.name for e in PRESETS if e.name.startswith("repro-")}
 
@@ -54,7 +53,7 @@ def test_defaults_the_help_states_are_the_real_ones():
 def test_list_says_how_long_the_cpu_presets_take(capsys):
     assert main(["list"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    for name in ("quick", "ci", "mnist-fcn", "fashion-mnist-fcn"):
+    for name in ("quick", "ci", "mnist-fcn", "fashion-mnist-fcn", "fashion-mnist-cpu-vgg16"):
         assert re.search(r"CPU, about \d+ (s|min|h) on 2 cores", lines[name]), lines[name]
 
 

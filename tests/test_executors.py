@@ -23,7 +23,8 @@ needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None
 # The tiny grid: digits + FCN, 2 epochs (1 of them fine-tuning), two methods, two seeds.
 TINY = PRESETS.get("ci").override(
     methods=("lorita-n1", "l1-filter"), seeds=(0, 1), targets=(Target(kind="params", drop=0.5),),
-    budget=replace(PRESETS.get("ci").budget, epochs=2, finetune_epochs=1), latency_rounds=2, throughput_batch=8)
+    budget=replace(PRESETS.get("ci").budget, epochs=2, finetune_epochs=1), latency_rounds=2, throughput_batch=8,
+    chance_check=False)  # one epoch of training: a seed may still sit at chance, and these tests are about plumbing
 MEASURED = ("acc", "base_acc", "val_acc", "params", "macs", "dense_params", "dense_macs", "train_steps", "layers")
 
 

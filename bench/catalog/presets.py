@@ -6,8 +6,6 @@ package ``bench.catalog`` imports this module last, after every table it refers 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -17,6 +15,7 @@ from bench.catalog.models import DEFAULT_PROTECT, check_options, resolve
 from bench.catalog.protocol import FAMILIES, Method
 from bench.catalog.registry import DATASETS, METHODS, PRESETS
 from bench.records.errors import UsageError
+from bench.records.sources import config_hash
 
 # LoRITa's rank allocations a preset may name: lorita's own, or "auto" (chosen on validation).
 ALLOCATIONS = (*lorita.ALLOCATIONS, "auto")
@@ -52,6 +51,10 @@ class Preset:
     # LoRITa's rank allocation: one of ``lorita.ALLOCATIONS``, or "auto": at each target, the one
     # whose truncated model is most accurate on the validation split (never the test split).
     allocation: str = "auto"
+    # A dense model at chance on validation is a collapsed training ("diverged", never ranked).
+    # False only for plumbing runs on random-label data, where chance is all a model can reach;
+    # a non-finite loss is a collapse either way.
+    chance_check: bool = True
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -118,13 +121,9 @@ class Preset:
         return asdict(self)
 
     def config_hash(self) -> str:
-        """Hash of what determines a trained model and its numbers (not the method list or targets)."""
-        key = {"dataset": self.dataset, "model": self.model, "model_options": self.model_options,
-               "budget": asdict(self.budget), "device": self.device, "amp": self.amp,
-               "protect": list(self.protect), "allocation": self.allocation}
-        if self.recipes:  # only then, so that configurations without recipes keep their hashes
-            key["recipes"] = self.recipes
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of what determines a trained model and its numbers (not the method list or targets):
+        ``bench.records.sources.config_hash`` of this preset's fields, the one definition."""
+        return config_hash({**self.to_dict(), "config_hash": None})
 
     def override(self, **changes: Any) -> Preset:
         """A copy with the given fields replaced (``None`` values are ignored)."""
@@ -249,7 +248,7 @@ PRESETS.add("fashion-mnist-cpu-vgg16", Preset(
     latency_rounds=10, throughput_batch=64),
     description="conv verdict on a CPU: VGG-16 at width 0.25 on 10k Fashion-MNIST images (32×32), LoRITa "
     "N=1..3 vs L1-filter, group-L2, Taylor and random pruning, params drop 70% and FLOPs drop 50%, decay "
-    "budget 0.79; CPU, about 25 min on 2 cores (docs/cpu-conv-report)")
+    "budget 0.79; CPU, about 19 min on 2 cores (measured; docs/cpu-conv-report)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     try:
         trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
         dense = measure_dense(preset, lead, trained, data)
-        if collapsed(dense.fields["base_val_acc"], data.num_classes, len(data.val_y)):
+        if preset.chance_check and collapsed(dense.fields["base_val_acc"], data.num_classes, len(data.val_y)):
             raise TrainingDiverged(f"training collapsed: validation accuracy {dense.fields['base_val_acc']:.2%} is at "
                                    f"chance ({1 / data.num_classes:.0%}) after {trained.stats.steps} steps",
                                    curve=trained.stats.curve())

@@ -38,14 +38,20 @@ class Loaded:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """The config hash of a resolved preset as stored in config.json (``bench.presets.Preset.config_hash``,
-    computed here without importing the harness): ``config["config_hash"]`` when present, else the
-    first 12 hex digits of the SHA-256 of the fields that determine a trained model."""
+    """The config hash of a resolved preset as stored in config.json: ``config["config_hash"]`` when
+    present, else the first 12 hex digits of the SHA-256 of the fields that determine a trained model
+    and its numbers. ``bench.catalog.presets.Preset.config_hash`` is this function of the preset's
+    fields, so the harness and a torch-free reader agree by construction."""
     if config.get("config_hash"):
         return str(config["config_hash"])
     key = {k: config.get(k) for k in ("dataset", "model", "model_options", "budget", "device", "amp")}
-    if config.get("recipes"):
+    for k in ("protect", "allocation"):  # fields since issue 18: an older config.json lacks them
+        if k in config:
+            key[k] = list(config[k]) if k == "protect" else config[k]
+    if config.get("recipes"):  # only then, so that configurations without recipes keep their hashes
         key["recipes"] = config["recipes"]
+    if config.get("chance_check") is False:
+        key["chance_check"] = False
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
