@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ SUITE = pytest.StashKey[Suite]()
 REFERENCE = pytest.StashKey[tuple]()
 NOTES = pytest.StashKey[list]()
 GATE = pytest.StashKey[Any]()
+STARTED = pytest.StashKey[float]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,6 +95,7 @@ def _suite(config: pytest.Config) -> Suite:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[NOTES] = []
+    config.stash[STARTED] = time.time()
     try:
         config.stash[SUITE] = _suite(config)
         ref = config.getoption("lorita_compare")
@@ -208,7 +211,9 @@ def _keep_records(config: pytest.Config, records: list) -> None:
     from pytest_benchmark.utils import get_machine_id
 
     saved = saved_run(folder, get_machine_id(), tag)
-    if saved is None:
+    # A session that saved nothing (no benchmark ran) must not overwrite an earlier session's records
+    # under a reused --benchmark-save name.
+    if saved is None or saved.stat().st_mtime < config.stash[STARTED]:
         return
     path = keep_records(saved, [r.to_dict() for r in records])
     config.stash[NOTES].append(f"history: timings saved in {saved}, records beside them in {path.name}; "
