@@ -8,11 +8,11 @@ The store is pytest-benchmark's own (``--benchmark-storage DIR --benchmark-autos
 pytest-benchmark writes the JSON (its ``commit_info`` gains the commit's subject, and its
 ``lorita_bench`` entry the preset, from ``bench/suite/plugin.py``); the suite writes the records of
 the same session beside it, in the runner's results.jsonl format (``keep_records``), so failed
-and skipped cells, which have no benchmark, are kept too. A run is keyed by its commit (id,
-date, subject; a run from a working tree with uncommitted changes is its own point after the
-commit), its machine (pytest-benchmark's ``machine_info``, less the host name and momentary
-clock) and, per record, its configuration hash. Run folders, results JSONL and benchmark JSON
-files made before the store existed are read too (backfill); one without a commit is placed by
+and skipped cells, which have no benchmark, are kept too. A run is keyed by its commit (id, date,
+subject; a run from a working tree with uncommitted changes is a point of its own), its machine
+(pytest-benchmark's ``machine_info``, less the host name and momentary clock) and, per record,
+its configuration hash. Run folders, results JSONL and benchmark JSON files made before the
+store existed are read too (backfill); one without a commit is placed by
 its file time, unless ``SOURCE@REV`` names the commit it was made at.
 
 A series is one measure of one cell in commit order: accuracy (fine-tuned, zero-shot) and
@@ -69,7 +69,7 @@ from typing import Any
 
 from bench.records.errors import UsageError
 from bench.records.results import BENCH_KEY, CONFIG, RESULTS, atomic_write_text, finite
-from bench.records.sources import _check_benchmarks, _jsonl, _with_hash, from_benchmark_json
+from bench.records.sources import check_benchmarks, from_benchmark_json, read_jsonl, with_hash
 
 RECORDS_SUFFIX = ".results.jsonl"  # beside pytest-benchmark's NNNN_TAG.json: NNNN_TAG.results.jsonl
 SAVED_GLOB = "[0-9][0-9][0-9][0-9]_*.json"  # what pytest-benchmark's FileStorage saves and loads
@@ -317,7 +317,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
     if not isinstance(data, dict) or "benchmarks" not in data:
         raise UsageError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
-    _check_benchmarks(path, data["benchmarks"])
+    check_benchmarks(path, data["benchmarks"])
     return data
 
 
@@ -325,7 +325,7 @@ def _benchmark_run(path: Path, rev_commit: Commit | None, repo: Path | None) -> 
     """A run from a pytest-benchmark JSON, with the records kept beside it when there are any."""
     data = _read_json(path)
     beside = records_path(path)
-    records = _jsonl(beside) if beside.is_file() else from_benchmark_json(data)
+    records = read_jsonl(beside) if beside.is_file() else from_benchmark_json(data)
     info = data.get("commit_info") or {}
     commit = rev_commit
     if commit is None and info.get("id") not in (None, "", "unknown", "unversioned"):
@@ -339,7 +339,7 @@ def _benchmark_run(path: Path, rev_commit: Commit | None, repo: Path | None) -> 
             except UsageError:
                 pass
     config = (data.get(BENCH_KEY) or {}).get("config")
-    configs = (_with_hash(dict(config), records),) if isinstance(config, dict) else ()
+    configs = (with_hash(dict(config), records),) if isinstance(config, dict) else ()
     machine = data.get("machine_info") or {}
     return Run(commit=commit or Commit(), when=str(data.get("datetime") or _file_time(path)), source=str(path),
                machine=machine_key(machine), machine_info=dict(machine),
@@ -350,10 +350,10 @@ def _benchmark_run(path: Path, rev_commit: Commit | None, repo: Path | None) -> 
 def _records_run(path: Path, rev_commit: Commit | None) -> Run:
     """A backfilled run from a run folder or a results JSONL file (no machine recorded)."""
     file = path / RESULTS if path.is_dir() else path
-    records = _jsonl(file)
+    records = read_jsonl(file)
     configs: tuple[dict[str, Any], ...] = ()
     if path.is_dir() and (path / CONFIG).is_file():
-        configs = (_with_hash(json.loads((path / CONFIG).read_text(encoding="utf-8")), records),)
+        configs = (with_hash(json.loads((path / CONFIG).read_text(encoding="utf-8")), records),)
     return Run(commit=rev_commit or Commit(), when=_file_time(file), source=str(path), machine=UNRECORDED,
                placed_by="commit" if rev_commit else "file time", records=tuple(records), configs=configs)
 
