@@ -189,7 +189,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     from bench.records.history import build_series, changes_at, load_history
-    from reports.history import render_history
+    from reports.history import counted, render_history
 
     history = load_history(args.sources, repo=args.repo)
     at = history.position(args.fail_on_change) if args.fail_on_change is not None else None
@@ -200,7 +200,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
         commit = history.commits[c.position]
         print(f"{commit.short} {s.cell.label} ({'/'.join(p for p in s.cell.group if p)}): {s.measure.title} "
               f"{s.measure.change_text(c.delta)} ({c.z:.1f} se, {c.direction}) {commit.subject}".rstrip())
-    print(f"history: {len(history.runs)} runs at {len(history.commits)} commits, {len(series)} series, "
+    print(f"history: {counted(len(history.runs), 'run')} at {counted(len(history.commits), 'commit')}, "
+          f"{len(series)} series, "
           f"{len(found)} change(s) beyond the noise", file=sys.stderr)
     print(f"report: {path}")
     if at is None:

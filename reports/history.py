@@ -50,6 +50,11 @@ FAMILY_TEXT = {
 }
 
 
+def counted(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless ``n`` is 1 ("1 run", "12 runs")."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _fmt(measure: Measure, value: float) -> str:
     if measure.unit == "%":
         return f"{value:.2f}"
@@ -293,7 +298,8 @@ def render_history(history: History, out_dir: Path, *, series: Sequence[Series] 
     n_changes = sum(len(s.changes) for s in series)
     machines = sorted({s.cell.machine for s in series if s.cell.machine})
     text = ["# Regression history", "",
-            f"{len(history.runs)} runs at {len(history.commits)} commits (oldest first), {len(series)} series, "
+            f"{counted(len(history.runs), 'run')} at {counted(len(history.commits), 'commit')} (oldest first), "
+            f"{len(series)} series, "
             f"{n_changes} change(s) beyond the noise. Configurations are never pooled; timings are compared only "
             "within one machine.", ""]
     text += [f"- {note}" for note in history.notes] + ([""] if history.notes else [])
