@@ -260,10 +260,9 @@ def rule_lines() -> list[str]:
              "ratios as logarithms (so a step is a relative change).", "",
              "1. Noise σ of one commit's value: the largest of the measure's floor below, the points' own standard "
              "errors (seeds' spread, the A/B bootstrap interval, or pytest-benchmark's IQR over its rounds; their "
-             f"median), the series' own spread (1.4826·MAD of successive differences / √2, from {MIN_SPREAD_POINTS} "
-             "points on; a step is one outlying difference and leaves it alone) and the median spread of the like "
-             "series of its group (same measure and batch, every method and target of one configuration and "
-             "machine).",
+             "median) and the median spread of the like series of its group (same measure and batch, every method "
+             "and target of one configuration and machine; a series' spread is 1.4826·MAD of successive differences "
+             f"/ √2, from {MIN_SPREAD_POINTS} points on, so that one step, one outlying difference, leaves it alone).",
              f"2. Step fit: the split into two levels with the least within-level squared error, each level at least "
              f"{MIN_LEVEL} commits long except one that ends at the newest commit, which may be one commit (so the "
              "newest commit can start a change; the next run confirms it).",
