@@ -97,6 +97,14 @@ def _group_title(group: tuple[str, str, str, str], several_configs: bool) -> str
     return ", ".join(parts)
 
 
+SUBJECT_CHARS = 72  # a commit's subject in the tables, cut to this length
+
+
+def _subject(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUBJECT_CHARS else text[:SUBJECT_CHARS - 1].rstrip() + "…"
+
+
 def _commit_label(c: Commit, i: int) -> str:
     return c.short[:7] + ("+" if c.dirty else "") if c.id else f"run {i + 1}"
 
@@ -108,7 +116,7 @@ def commits_markdown(history: History) -> str:
         runs = [r for r, p in zip(history.runs, history.positions, strict=True) if p == i]
         configs = sorted({rec.get("config_hash") or "?" for r in runs for rec in r.records})
         date = c.date[:16].replace("T", " ") if c.date else f"(run {runs[0].when[:16].replace('T', ' ')})"
-        subject = c.subject or ("" if c.id else ", ".join(Path(r.source).name for r in runs))
+        subject = _subject(c.subject) or ("" if c.id else ", ".join(Path(r.source).name for r in runs))
         lines.append(f"| {i + 1} | {'`' + c.short + '`' if c.id else 'unknown'} | {date} | {_md_escape(subject)} | "
                      f"{len(runs)} | {', '.join(sorted({f'`{r.machine}`' for r in runs}))} | "
                      f"{', '.join(f'`{h}`' for h in configs) or '–'} |")
@@ -130,7 +138,7 @@ def changes_markdown(series: Sequence[Series], history: History) -> str:
         if gap:  # the series has no point at the commits between: the change happened somewhere in there
             where += f" (after {_commit_label(history.commits[c.previous], c.previous)})"
         m = s.measure
-        lines.append(f"| {where} | {_md_escape(commit.subject)} | {_group_title(s.cell.group, True)} | "
+        lines.append(f"| {where} | {_md_escape(_subject(commit.subject))} | {_group_title(s.cell.group, True)} | "
                      f"{_md_escape(s.cell.label)} | {m.title} | {_fmt(m, c.before)}{_unit(m)} | "
                      f"{_fmt(m, c.after)}{_unit(m)} | {m.change_text(c.delta)} | {_noise_text(m, s.noise)} | "
                      f"{c.z:.1f} se | {c.direction} |")
@@ -201,9 +209,12 @@ def _draw_series(ax: Any, s: Series, color: Any, label: str) -> None:
 
 
 def figures(series: Sequence[Series], history: History, out_dir: Path) -> list[Any]:
-    """One figure per (family, group): a panel per (method, target), a line per (measure, batch);
-    points with their 95 % intervals, fitted levels with their noise band, changes as dashed lines."""
+    """One figure per (family, group): a panel per (method, target) and unit, a line per (measure,
+    batch); points with their 95 % intervals, fitted levels with their noise band, changes as
+    dashed lines. Timings in ms are drawn on a log axis (batch 1 and the throughput batch differ
+    by orders of magnitude)."""
     import seaborn as sns
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from reports.plots import _figure, _save, _style
 
@@ -213,9 +224,10 @@ def figures(series: Sequence[Series], history: History, out_dir: Path) -> list[A
     several = len({s.cell.config_hash for s in series if s.cell.config_hash}) > 1
     made = []
     for (family, group), members in groups.items():
-        panels: dict[tuple[str, str], list[Series]] = {}
-        for s in members:
-            panels.setdefault((s.cell.method, s.cell.target), []).append(s)
+        panels: dict[tuple[str, str, str], list[Series]] = {}
+        for s in members:  # a ratio and a time of one benchmark get a panel each: one axis, one unit
+            panels.setdefault((s.cell.method, s.cell.target, s.measure.unit), []).append(s)
+        units = {(m, t): {u for m2, t2, u in panels if (m2, t2) == (m, t)} for m, t, _ in panels}
         lines = list(dict.fromkeys((s.measure.key, s.cell.batch) for s in members))
         palette = sns.color_palette("colorblind", max(len(lines), 3))
         color = {key: palette[i] for i, key in enumerate(lines)}
@@ -224,14 +236,20 @@ def figures(series: Sequence[Series], history: History, out_dir: Path) -> list[A
         title = _group_title(group, several)
         with _style():
             fig, axes = _figure(nrows, ncols, 4.3 * ncols, 2.9 * nrows + 0.9)
-            for ax, ((method, target), ss) in zip(axes, panels.items(), strict=False):
+            for ax, ((method, target, unit), ss) in zip(axes, panels.items(), strict=False):
                 for s in ss:
                     batch = f", b={s.cell.batch}" if s.cell.batch is not None else ""
                     _draw_series(ax, s, color[(s.measure.key, s.cell.batch)], f"{s.measure.title}{batch}")
-                if any(s.measure.unit == "ms" for s in ss):
+                if unit == "ms":
                     ax.set_yscale("log")
-                ax.set_title(" ".join(p for p in (method, target) if p), fontsize="small")
-                ax.set_ylabel(", ".join(dict.fromkeys(s.measure.unit for s in ss)))
+                    lo, hi = ax.get_ylim()
+                    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                    # minor ticks labelled only within one decade, where no major tick may show
+                    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if hi / lo < 10 else NullFormatter())
+                    ax.tick_params(axis="y", which="minor", labelsize="x-small")
+                name = " ".join(p for p in (method, target) if p)
+                ax.set_title(f"{name} ({unit})" if len(units[(method, target)]) > 1 else name, fontsize="small")
+                ax.set_ylabel(unit)
                 _ticks(ax, history)
             for ax in axes[len(panels):]:
                 ax.set_visible(False)
@@ -242,10 +260,10 @@ def figures(series: Sequence[Series], history: History, out_dir: Path) -> list[A
                     by_label.setdefault(label, handle)
             fig.legend(list(by_label.values()), list(by_label), loc="outside lower center",
                        ncols=min(3, len(by_label)), fontsize="small", frameon=False)
-            fig.suptitle(f"{family}: {title}", fontsize="medium")
+            fig.suptitle(f"{family}: {title.replace('`', '')}", fontsize="medium")
             made.append(_save(fig, out_dir, f"history-{family.replace(' ', '-')}_{'_'.join(p for p in group if p)}",
                               f"{family.capitalize()} across commits — {title}",
-                              f"{FAMILY_TEXT[family]} Points: each commit's value (mean over its seeds and runs) "
+                              "Points: each commit's value (mean over its seeds and runs) "
                               "with its 95 % interval where known; solid lines: the fitted levels, shaded: the band "
                               "a commit's value stays within (±1.96 σ) while nothing changes; dashed: a change, "
                               "at the first commit of the new level."))
