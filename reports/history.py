@@ -43,7 +43,9 @@ FAMILY_TEXT = {
     "speed-up": "Dense / deployed latency from the records' A/B timing (alternating rounds in one process), with "
                 "its 95 % bootstrap interval, at batch 1 and the throughput batch. Per machine.",
     "latency": "pytest-benchmark's median forward time of each deployed model and of each method's dense model "
-               "(\"dense\"), per batch size; intervals from the IQR and rounds. Per machine.",
+               "(\"dense\"), per batch size; intervals from the IQR and rounds. Per machine. Unpaired, they move "
+               "with whatever else the machine does (10-20 % between ci runs on a shared 2-core machine, against "
+               "2-5 % for the A/B speed-ups): a latency change usually shows first in the speed-ups.",
     "training step": "The training-cost benchmarks: LoRITa's N=3 / N=1 step-time ratio, the harness's throughput "
                      "against a plain loop (paired rounds; intervals from their IQR), and pytest-benchmark's median "
                      "of each timed training function. Per machine.",
