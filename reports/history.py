@@ -66,6 +66,8 @@ def _fmt(measure: Measure, value: float) -> str:
 
 
 def _noise_text(measure: Measure, noise: float) -> str:
+    if not math.isfinite(noise):
+        return "unknown"
     return f"±{(math.exp(noise) - 1) * 100:.1f} %" if measure.log else f"±{noise:.2f} pp"
 
 
@@ -200,6 +202,8 @@ def _draw_series(ax: Any, s: Series, color: Any, label: str) -> None:
                     yerr=[[max(y - b[0], 0) for _, y, b in bars], [max(b[1] - y, 0) for _, y, b in bars]],
                     fmt="none", ecolor=color, elinewidth=0.8, capsize=1.5, alpha=0.7, zorder=2)
     for level in s.levels:  # the fitted level, with the band one commit's value falls in without a change
+        if not math.isfinite(s.noise):
+            break
         x = m.analysis(level.mean)
         lo, hi = m.display(x - Z95 * s.noise), m.display(x + Z95 * s.noise)
         ax.fill_between([level.start - 0.3, level.end + 0.3], lo, hi, color=color, alpha=0.12, lw=0, zorder=1)
@@ -279,10 +283,12 @@ def rule_lines() -> list[str]:
              "runs) are averaged. Accuracies and drops are analysed in percentage points, speed-ups, latencies and "
              "ratios as logarithms (so a step is a relative change).", "",
              "1. Noise σ of one commit's value: the largest of the measure's floor below, the points' own standard "
-             "errors (seeds' spread, the A/B bootstrap interval, or pytest-benchmark's IQR over its rounds; their "
-             "median) and the median spread of the like series of its group (same measure and batch, every method "
+             "errors (seeds' spread, the A/B bootstrap interval, or paired rounds' IQR; their median; not for "
+             "pytest-benchmark's unpaired medians, which move several times further between runs than within one) "
+             "and the median spread of the like series of its group (same measure and batch, every method "
              "and target of one configuration and machine; a series' spread is 1.4826·MAD of successive differences "
-             f"/ √2, from {MIN_SPREAD_POINTS} points on, so that one step, one outlying difference, leaves it alone).",
+             f"/ √2, from {MIN_SPREAD_POINTS} points on, so that one step, one outlying difference, leaves it alone). "
+             f"An unpaired timing calls no change before {MIN_SPREAD_POINTS} commits show how far it moves.",
              f"2. Step fit: the split into two levels with the least within-level squared error, each level at least "
              f"{MIN_LEVEL} commits long except one that ends at the newest commit, which may be one commit (so the "
              "newest commit can start a change; the next run confirms it).",

@@ -27,14 +27,16 @@ change):
 
 1. Noise σ of one commit's point: the largest of (a) the measure's floor
    (``Measure.noise_floor``), (b) the median over points of their own standard error (seeds'
-   spread s/√k; the A/B bootstrap 95 % interval's half-width / 1.96; pytest-benchmark's IQR as
-   1.2533·(IQR/1.349)/√rounds for a median), and (c) the median, over the like series of its
-   group (the same measure and batch for every method and target of one configuration and
-   machine), of each one's spread: 1.4826·MAD of successive differences / √2, from
-   ``MIN_SPREAD_POINTS`` points on (a step is one outlying difference and leaves it alone). A
-   series without like series uses its own spread. Twelve points estimate a spread poorly: a
-   low estimate makes false changes, a high one hides real ones; a machine's noise hits all
-   its cells alike, and step 4 catches a series noisier than its group.
+   spread s/√k; the A/B bootstrap 95 % interval's half-width / 1.96; paired rounds' IQR as
+   1.2533·(IQR/1.349)/√rounds for a median; not for unpaired timings, ``Measure.paired``), and
+   (c) the median, over the like series of its group (the same measure and batch for every
+   method and target of one configuration and machine), of each one's spread: 1.4826·MAD of
+   successive differences / √2, from ``MIN_SPREAD_POINTS`` points on (a step is one outlying
+   difference and leaves it alone). A series without like series uses its own spread; an
+   unpaired timing with neither has no known noise, and no change is called in it yet. Twelve
+   points estimate a spread poorly: a low estimate makes false changes, a high one hides real
+   ones; a machine's noise hits all its cells alike, and step 4 catches a series noisier than
+   its group.
 2. Step fit: the split into two levels with the least within-level squared error, each level
    at least ``MIN_LEVEL`` points long, except that a level ending at the newest commit may be a
    single point (so that the newest commit can start a change; the next run confirms it).
@@ -103,7 +105,11 @@ class Measure:
     ``log``: analysed as ln(value), so noise, floor and smallest change are relative (a floor of
     ln 1.02 is 2 %); otherwise in the display unit, percentage points for accuracies and drops.
     ``better``: +1 when higher is better, -1 when lower is, 0 when neither (a drop that moves).
-    ``timing``: machine-dependent, so its series are kept per machine.
+    ``timing``: machine-dependent, so its series are kept per machine. ``paired``: a point's own
+    interval (seeds, the A/B bootstrap, paired rounds) is a fair measure of how far it moves from
+    run to run. Unpaired timings (pytest-benchmark's medians) move several times further between
+    runs than within one (measured here: 11-19 % against 4-6 %), so their noise comes only from
+    the spread of the series, and no change is called before there are enough commits to see it.
     """
 
     key: str
@@ -115,6 +121,7 @@ class Measure:
     min_change: float  # smallest |Δ| that is a change, analysis units
     better: int
     timing: bool
+    paired: bool = True
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -150,13 +157,14 @@ MEASURES = (
     Measure(key="speedup", title="speed-up (A/B, dense / deployed)", family="speed-up", unit="×", log=True,
             noise_floor=_relative(2), min_change=_relative(10), better=1, timing=True),
     Measure(key="latency", title="latency (pytest-benchmark median)", family="latency", unit="ms", log=True,
-            noise_floor=_relative(2), min_change=_relative(10), better=-1, timing=True),
+            noise_floor=_relative(2), min_change=_relative(10), better=-1, timing=True, paired=False),
     Measure(key="n3_over_n1", title="LoRITa N=3 / N=1 training-step time", family="training step", unit="×",
             log=True, noise_floor=_relative(2), min_change=_relative(10), better=-1, timing=True),
     Measure(key="throughput_ratio", title="harness / plain-loop training throughput", family="training step",
             unit="×", log=True, noise_floor=_relative(2), min_change=_relative(10), better=1, timing=True),
     Measure(key="step_ms", title="timed training function (pytest-benchmark median)", family="training step",
-            unit="ms", log=True, noise_floor=_relative(2), min_change=_relative(10), better=-1, timing=True),
+            unit="ms", log=True, noise_floor=_relative(2), min_change=_relative(10), better=-1, timing=True,
+            paired=False),
 )
 MEASURE = {m.key: m for m in MEASURES}
 RECORD_MEASURES = ("acc", "acc_zero_shot", "params_drop", "flops_drop")  # record fields, fractions → %
@@ -646,7 +654,7 @@ def noise_scale(measure: Measure, xs: Sequence[float], sigmas: Sequence[float | 
     ``spread``, or ``pooled`` = (the median spread of like series, their number)."""
     candidates = [(measure.noise_floor, "floor")]
     own = [s for s in sigmas if s is not None]
-    if own:
+    if own and measure.paired:
         candidates.append((statistics.median(own), "points' own intervals"))
     if pooled is not None and pooled[1] > 1:
         candidates.append((pooled[0], f"median spread of {pooled[1]} like series"))
@@ -654,6 +662,8 @@ def noise_scale(measure: Measure, xs: Sequence[float], sigmas: Sequence[float | 
         mine = spread(measure, xs)
         if mine is not None:
             candidates.append((mine, "spread of the series"))
+        elif not measure.paired:  # nothing says how far an unpaired timing moves between runs yet
+            return math.inf, f"unknown below {MIN_SPREAD_POINTS} commits"
     return max(candidates, key=lambda c: c[0])
 
 
