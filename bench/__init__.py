@@ -4,7 +4,7 @@
     catalog/    the registry with every dataset, model, method and preset (timm-style)
     execution/  one job (train or load, compress, fine-tune, measure), executors, the runner
     frontend.py the one function both front ends use to resolve a preset and check it runs here
-    cli.py      ``lorita-bench``: list, run, report, compare
+    cli.py      ``lorita-bench``: list, run, report, compare, history
     suite/      the pytest-benchmark suite, collected by ``pytest bench``
 
 cli, suite → frontend → execution → catalog → records; reports → records only (the cli renders

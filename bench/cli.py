@@ -1,4 +1,4 @@
-"""``lorita-bench``: list what is registered, run a preset, render a report."""
+"""``lorita-bench``: list what is registered, run a preset, render a report, gate a run, follow the history."""
 
 from __future__ import annotations
 
@@ -187,6 +187,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    from bench.records.history import build_series, changes_at, load_history
+    from reports.history import counted, render_history
+
+    history = load_history(args.sources, repo=args.repo)
+    at = history.position(args.fail_on_change) if args.fail_on_change is not None else None
+    series = build_series(history)
+    path = render_history(history, Path(args.out), series=series, plots=not args.no_plots)
+    found = [(s, c) for s in series for c in s.changes]
+    for s, c in sorted(found, key=lambda sc: sc[1].position):
+        commit = history.commits[c.position]
+        print(f"{commit.short} {s.cell.label} ({'/'.join(p for p in s.cell.group if p)}): {s.measure.title} "
+              f"{s.measure.change_text(c.delta)} ({c.z:.1f} se, {c.direction}) {commit.subject}".rstrip())
+    print(f"history: {counted(len(history.runs), 'run')} at {counted(len(history.commits), 'commit')}, "
+          f"{len(series)} series, "
+          f"{len(found)} change(s) beyond the noise", file=sys.stderr)
+    print(f"report: {path}")
+    if at is None:
+        return 0
+    started = changes_at(series, at)
+    commit = history.commits[at]
+    if started:
+        print(f"change at {commit.short}: {len(started)} series start a new level there (--fail-on-change "
+              f"{args.fail_on_change})", file=sys.stderr)
+        return 1
+    print(f"ok: no series starts a change at {commit.short}", file=sys.stderr)
+    return 0
+
+
 class _CatalogParser(argparse.ArgumentParser):
     """A parser whose help names the catalog's entries (``{presets}``, ``{methods}``, …) in its
     option texts. The names are filled in only when the help is shown: importing the catalog
@@ -351,6 +380,24 @@ def parser() -> argparse.ArgumentParser:
                      help="largest accepted accuracy fall, as a fraction; params and MACs must match exactly "
                      "(default: 0.01 = 1 pp)")
     cmp.set_defaults(fn=_cmd_compare)
+    hist = sub.add_parser("history", help="trends per cell across commits, and the changes beyond the noise",
+                          description="Read runs kept by commit (a pytest-benchmark storage folder written with "
+                          "--benchmark-storage DIR --benchmark-autosave, and run folders, results .jsonl or "
+                          "benchmark .json files made before), follow every measure of every cell in commit "
+                          "order and report where a series steps beyond its noise: history.md, tables/changes.md "
+                          "and one figure per family of measures.")
+    hist.add_argument("sources", nargs="+", metavar="SOURCE",
+                      help="a history store, run folders, results .jsonl or pytest-benchmark .json files; "
+                      "SOURCE@REV names the commit a source without one was made at (e.g. reference/ci.jsonl@cef1460)")
+    hist.add_argument("--out", required=True, metavar="DIR", help="folder for history.md, tables and figures "
+                      "(required)")
+    hist.add_argument("--fail-on-change", metavar="COMMIT", help="exit 1 when COMMIT starts a change beyond the "
+                      "noise in any series: last (the newest commit of the history) or a commit id (default: "
+                      "report only)")
+    hist.add_argument("--repo", default=".", metavar="DIR", help="git repository that SOURCE@REV and commit "
+                      "subjects are looked up in (default: the current folder)")
+    hist.add_argument("--no-plots", action="store_true", help="tables only, skips matplotlib (default: off)")
+    hist.set_defaults(fn=_cmd_history)
     return ap
 
 

@@ -15,7 +15,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     return sub.choices[name]
 
 
-@pytest.mark.parametrize("command", ["list", "run", "report", "compare"])
+@pytest.mark.parametrize("command", ["list", "run", "report", "compare", "history"])
 def test_every_option_has_a_description_and_a_default(command):
     for action in _subparser(command)._actions:
         if isinstance(action, argparse._HelpAction) or not action.option_strings:

@@ -292,9 +292,18 @@ def test_benchmark_suite_json_renders_the_full_report_and_gates(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pytest", "bench/suite/test_cells.py", "--preset", "ci", "-p", "no:cacheprovider",
            "-q", "--lorita-rounds", "3", "--lorita-cache-dir", str(tmp_path / "ckpt")]
-    proc = subprocess.run([*cmd, "--benchmark-json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+    store = tmp_path / "history"  # the same run also saved into a history store, records beside
+    proc = subprocess.run([*cmd, "--benchmark-json", str(out), "--benchmark-storage", str(store),
+                           "--benchmark-autosave"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (saved,) = store.glob("*/0001_*.json")
+    kept = saved.with_name(saved.name.removesuffix(".json") + ".results.jsonl")
+    assert kept.is_file() and f"records beside them in {kept.name}" in proc.stdout
+    assert len(kept.read_text().splitlines()) == 3 * 2  # every cell's record, as results.jsonl holds it
+    commit = json.loads(saved.read_text())["commit_info"]
+    assert commit["subject"] and commit["time"]
+    assert main(["history", str(store), "--out", str(tmp_path / "H"), "--no-plots", "--fail-on-change", "last"]) == 0
+    assert "1 run at 1 commit" in (tmp_path / "H" / "history.md").read_text()
     data = json.loads(out.read_text())
     infos = [b["extra_info"] for b in data["benchmarks"]]
     deployed = [i for i in infos if i["timed"] == "deployed"]

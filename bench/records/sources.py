@@ -55,7 +55,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``config`` with ``config_hash`` set to the hash of the records it describes.
 
     The computed hash when the records carry it; otherwise, when all the folder's records share
@@ -68,7 +68,9 @@ def _with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> 
     return {**config, "config_hash": mine if mine in hashes or len(hashes) != 1 else hashes.pop()}
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records (dicts) of a results JSONL file; ``UsageError`` naming file and line for a line that
+    is not a JSON record."""
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -92,7 +94,7 @@ def _dense_cell(info: Mapping[str, Any]) -> tuple:
     return (info.get("config_hash"), info["dataset"], info["model"], info["method"], info["seed"])
 
 
-def _check_benchmarks(src: str | Path, benchmarks: Any) -> None:
+def check_benchmarks(src: str | Path, benchmarks: Any) -> None:
     """``UsageError`` naming ``src`` and the entry unless ``benchmarks`` has pytest-benchmark's shape."""
     def bad(what: str) -> UsageError:
         return UsageError(f"{src} is not a pytest-benchmark JSON file ({what}); accepted: {ACCEPTED}")
@@ -178,10 +180,10 @@ def load(sources: Iterable[str | Path]) -> Loaded:
         if p.is_dir():
             if not (p / RESULTS).is_file():
                 raise UsageError(f"no {RESULTS} in folder {src}; accepted: {ACCEPTED}")
-            recs = _jsonl(p / RESULTS)
+            recs = read_jsonl(p / RESULTS)
             records += recs
             if (p / CONFIG).is_file():
-                configs.append(_with_hash(json.loads((p / CONFIG).read_text(encoding="utf-8")), recs))
+                configs.append(with_hash(json.loads((p / CONFIG).read_text(encoding="utf-8")), recs))
         elif not p.is_file():
             raise UsageError(f"no results at {src}; accepted: {ACCEPTED}")
         elif p.suffix == ".json":
@@ -191,16 +193,16 @@ def load(sources: Iterable[str | Path]) -> Loaded:
                 raise UsageError(f"{src} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
             if not isinstance(data, dict) or "benchmarks" not in data:
                 raise UsageError(f"{src} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
-            _check_benchmarks(src, data["benchmarks"])
+            check_benchmarks(src, data["benchmarks"])
             recs = from_benchmark_json(data)
             if not recs:
                 raise UsageError(f"{src} holds no lorita-bench benchmarks (none with extra_info.timed); "
                                  "accepted: the JSON of `pytest bench --benchmark-json FILE`")
             records += recs
             if isinstance(data.get(BENCH_KEY), dict) and data[BENCH_KEY].get("config"):
-                configs.append(_with_hash(dict(data[BENCH_KEY]["config"]), recs))
+                configs.append(with_hash(dict(data[BENCH_KEY]["config"]), recs))
             if data.get("machine_info"):
                 machines.append(data["machine_info"])
         else:
-            records += _jsonl(p)
+            records += read_jsonl(p)
     return Loaded(records=tuple(records), configs=tuple(configs), machines=tuple(machines), sources=tuple(names))

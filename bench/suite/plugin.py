@@ -18,6 +18,13 @@ Timings are gated by pytest-benchmark itself, and only on the machine that saved
     pytest bench --preset ci --benchmark-save=ci                       # once, on the CI machine
     pytest bench --preset ci --benchmark-compare --benchmark-compare-fail=median:25%
 
+Every run pytest-benchmark saves into its storage (``--benchmark-save`` / ``--benchmark-autosave``)
+gets the session's records beside it (``NNNN_TAG.results.jsonl``, failed and skipped cells
+included) and the commit's subject in its ``commit_info``: such a storage folder is the
+regression history that ``lorita-bench history`` reads (``bench/records/history.py``):
+
+    pytest bench --preset ci --benchmark-storage "$LORITA_BENCH_HISTORY" --benchmark-autosave
+
 Before pytest-benchmark loads the saved run, ``pytest_configure`` here compares its
 ``machine_info`` with this machine's (CPU, cores, Python, OS release, torch, CUDA, GPU and
 driver, timing threads; not the host name). When they differ, or no run is saved, comparison
@@ -28,8 +35,10 @@ warn, and with ``filterwarnings = error`` that warning is an INTERNALERROR.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,7 @@ from bench.execution import cache
 from bench.execution.runner import BudgetMismatch, check_budget
 from bench.records.compare import check_tolerance, compare, summary
 from bench.records.errors import UsageError
+from bench.records.history import git_commit, keep_records, saved_run, storage_folder
 from bench.records.results import BENCH_KEY
 from bench.records.sources import load
 from bench.suite.cells import CPU_THREADS, Suite
@@ -48,6 +58,7 @@ SUITE = pytest.StashKey[Suite]()
 REFERENCE = pytest.StashKey[tuple]()
 NOTES = pytest.StashKey[list]()
 GATE = pytest.StashKey[Any]()
+STARTED = pytest.StashKey[float]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,6 +95,7 @@ def _suite(config: pytest.Config) -> Suite:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[NOTES] = []
+    config.stash[STARTED] = time.time()
     try:
         config.stash[SUITE] = _suite(config)
         ref = config.getoption("lorita_compare")
@@ -176,6 +188,38 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
         output_json[BENCH_KEY] = {"preset": suite.name, "config": suite.preset.to_dict()}
 
 
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict[str, Any]) -> None:
+    """Add the commit's subject: pytest-benchmark records id and dates only, and a history reads better
+    with what each commit did."""
+    if commit_info.get("id") in (None, "", "unknown", "unversioned"):
+        return
+    # pytest-benchmark found the commit with git already; a failure here costs only the subject.
+    with contextlib.suppress(UsageError):
+        commit_info.setdefault("subject", git_commit(commit_info["id"], Path.cwd()).subject)
+
+
+def _keep_records(config: pytest.Config, records: list) -> None:
+    """Write ``records`` beside the run pytest-benchmark has just saved into its file storage, if it saved one.
+
+    pytest-benchmark saves in its own ``pytest_sessionfinish`` wrapper, before this plugin's hook runs;
+    the file is the newest ``NNNN_TAG.json`` of this machine under the tag it saved with.
+    """
+    tag = config.getoption("benchmark_save", None) or config.getoption("benchmark_autosave", None)
+    folder = storage_folder(config.getoption("benchmark_storage", None) or "")
+    if not tag or folder is None or config.getoption("benchmark_disable", False):
+        return
+    from pytest_benchmark.utils import get_machine_id
+
+    saved = saved_run(folder, get_machine_id(), tag)
+    # A session that saved nothing (no benchmark ran) must not overwrite an earlier session's records
+    # under a reused --benchmark-save name.
+    if saved is None or saved.stat().st_mtime < config.stash[STARTED]:
+        return
+    path = keep_records(saved, [r.to_dict() for r in records])
+    config.stash[NOTES].append(f"history: timings saved in {saved}, records beside them in {path.name}; "
+                               f"`lorita-bench history {folder} --out DIR` shows the trends")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     ref = config.stash.get(REFERENCE, None)
@@ -183,6 +227,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if suite is None or config.option.collectonly:
         return
     records = suite.records()
+    _keep_records(config, records)
     try:  # the budget rule holds in the suite as in `lorita-bench run`, gate or not
         check_budget(records)
     except BudgetMismatch as err:
