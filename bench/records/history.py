@@ -77,7 +77,7 @@ from typing import Any
 
 from bench.records.errors import UsageError
 from bench.records.results import BENCH_KEY, CONFIG, RESULTS, atomic_write_text, finite
-from bench.records.sources import check_benchmarks, from_benchmark_json, read_jsonl, with_hash
+from bench.records.sources import from_benchmark_json, read_benchmark_json, read_jsonl, with_hash
 
 RECORDS_SUFFIX = ".results.jsonl"  # beside pytest-benchmark's NNNN_TAG.json: NNNN_TAG.results.jsonl
 SAVED_GLOB = "[0-9][0-9][0-9][0-9]_*.json"  # what pytest-benchmark's FileStorage saves and loads
@@ -324,20 +324,9 @@ def _saved_jsons(folder: Path) -> list[Path]:
     return sorted({*folder.glob(f"*/{SAVED_GLOB}"), *folder.glob(SAVED_GLOB)})
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
-    if not isinstance(data, dict) or "benchmarks" not in data:
-        raise UsageError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
-    check_benchmarks(path, data["benchmarks"])
-    return data
-
-
 def _benchmark_run(path: Path, rev_commit: Commit | None, repo: Path | None) -> Run:
     """A run from a pytest-benchmark JSON, with the records kept beside it when there are any."""
-    data = _read_json(path)
+    data = read_benchmark_json(path)
     beside = records_path(path)
     records = read_jsonl(beside) if beside.is_file() else from_benchmark_json(data)
     info = data.get("commit_info") or {}

@@ -94,6 +94,20 @@ def _dense_cell(info: Mapping[str, Any]) -> tuple:
     return (info.get("config_hash"), info["dataset"], info["model"], info["method"], info["seed"])
 
 
+def read_benchmark_json(path: Path, name: str | Path | None = None) -> dict[str, Any]:
+    """A pytest-benchmark JSON file's contents; ``UsageError`` naming it (as ``name``, default ``path``)
+    when it is not JSON or not of pytest-benchmark's shape."""
+    name = path if name is None else name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{name} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
+    if not isinstance(data, dict) or "benchmarks" not in data:
+        raise UsageError(f"{name} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
+    check_benchmarks(name, data["benchmarks"])
+    return data
+
+
 def check_benchmarks(src: str | Path, benchmarks: Any) -> None:
     """``UsageError`` naming ``src`` and the entry unless ``benchmarks`` has pytest-benchmark's shape."""
     def bad(what: str) -> UsageError:
@@ -187,13 +201,7 @@ def load(sources: Iterable[str | Path]) -> Loaded:
         elif not p.is_file():
             raise UsageError(f"no results at {src}; accepted: {ACCEPTED}")
         elif p.suffix == ".json":
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{src} is not JSON ({err.msg}); accepted: {ACCEPTED}") from None
-            if not isinstance(data, dict) or "benchmarks" not in data:
-                raise UsageError(f"{src} is not a pytest-benchmark JSON file (no 'benchmarks'); accepted: {ACCEPTED}")
-            check_benchmarks(src, data["benchmarks"])
+            data = read_benchmark_json(p, src)
             recs = from_benchmark_json(data)
             if not recs:
                 raise UsageError(f"{src} holds no lorita-bench benchmarks (none with extra_info.timed); "
