@@ -98,3 +98,12 @@ def test_a_failing_rank_shows_in_the_failure_message_with_the_other(tmp_path):
     message = _ranks(proc, tmp_path)
     assert proc.returncode != 0
     assert "rank 0 here" in message and "rank 1 here" in message and "rank 1 gives up" in message
+
+
+def test_every_rank_hashes_one_configuration_whatever_its_cuda_index():
+    from bench.catalog import PRESETS
+
+    preset = PRESETS.get("cifar10-vgg16")
+    hashes = {preset.override(device=d).config_hash() for d in ("cuda", "cuda:0", "cuda:1", "cuda:7")}
+    assert len(hashes) == 1
+    assert preset.override(device="cpu").config_hash() not in hashes

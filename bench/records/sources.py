@@ -45,6 +45,10 @@ def config_hash(config: Mapping[str, Any]) -> str:
     if config.get("config_hash"):
         return str(config["config_hash"])
     key = {k: config.get(k) for k in ("dataset", "model", "model_options", "budget", "device", "amp")}
+    if isinstance(key["device"], str):
+        # The kind of device, not its index: under torchrun rank r runs on cuda:r, and every rank
+        # must hash one configuration (or rank 1 finds "another configuration" in rank 0's folder).
+        key["device"] = key["device"].partition(":")[0]
     for k in ("protect", "allocation"):  # fields since issue 18: an older config.json lacks them
         if k in config:
             key[k] = list(config[k]) if k == "protect" else config[k]
