@@ -296,3 +296,19 @@ def test_leftover_temp_files_of_dead_writers_or_old_are_cleaned_at_start(tmp_pat
     leftover.write_bytes(b"\0")
     assert clean_stale_temp(ckpt) == [leftover]
 
+
+
+def test_a_torn_tail_never_becomes_a_middle_line_when_another_run_appends(tmp_path):
+    # Run A is killed mid-write; run B, sharing the folder, appends after it (issue 19 item 2).
+    path = tmp_path / RESULTS
+    a, b = (Record(dataset="digits", model="fcn", method=m, family="lorita", n=1, target_kind="params",
+                   target_drop=0.5, seed=0) for m in ("lorita-n1", "lorita-n3"))
+    append_record(path, a)
+    whole = json.dumps(b.to_dict(), sort_keys=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(whole[:57])  # the torn record, no newline
+    append_record(path, b)
+    assert [r.method for r in load_records(path)] == ["lorita-n1", "lorita-n3"]  # every line a record
+    assert (tmp_path / (RESULTS + ".corrupt")).read_text(encoding="utf-8") == whole[:57]
+    append_record(path, a)  # a sound file is appended to as before, nothing set aside
+    assert len(load_records(path)) == 3 and not (tmp_path / (RESULTS + ".corrupt.1")).exists()

@@ -305,6 +305,14 @@ def load_records(path: Path) -> list[Record]:
     return _parse(Path(path))[0]
 
 
+def _free_corrupt_name(path: Path) -> Path:
+    """``PATH.corrupt``, or ``PATH.corrupt.N`` for the first N not taken."""
+    copy, n = path.with_name(path.name + ".corrupt"), 1
+    while copy.exists():
+        copy, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+    return copy
+
+
 def set_aside_torn_tail(path: Path) -> tuple[Path, int] | None:
     """If ``path`` ends in a torn line, keep a copy of the file and drop that line from it.
 
@@ -315,9 +323,7 @@ def set_aside_torn_tail(path: Path) -> tuple[Path, int] | None:
     torn = _parse(path)[1]
     if torn is None:
         return None
-    copy, n = path.with_name(path.name + ".corrupt"), 1
-    while copy.exists():
-        copy, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
+    copy = _free_corrupt_name(path)
     shutil.copyfile(path, copy)
     lines = path.read_text(encoding="utf-8").splitlines()[:torn - 1]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
@@ -329,6 +335,10 @@ def append_record(path: Path, record: Record, *, lock_held: bool = False) -> Non
 
     Takes ``locked(path)`` unless the caller holds it already (``lock_held``), so concurrent
     appenders (several runs, or processes, into one folder) never lose or interleave a record.
+    A file that does not end in a newline ends in a line cut off by a writer killed mid-write (a
+    live writer would hold the lock): that tail is moved to ``PATH.corrupt`` (or ``.corrupt.N``)
+    and cut from the file before the append, so a torn line never becomes a middle line, which
+    would stop every later read of the folder.
     """
     path = Path(path)
     with contextlib.nullcontext() if lock_held else locked(path):
@@ -336,8 +346,11 @@ def append_record(path: Path, record: Record, *, lock_held: bool = False) -> Non
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a record to a torn line
-                data = b"\n" + data
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                whole = os.pread(fd, size, 0)
+                keep = whole.rfind(b"\n") + 1
+                _free_corrupt_name(path).write_bytes(whole[keep:])
+                os.ftruncate(fd, keep)
             if os.write(fd, data) != len(data):
                 raise OSError(f"short write appending to {path}")
             os.fsync(fd)
