@@ -142,9 +142,9 @@ def protection_lines(records: Sequence[Rec]) -> list[str]:
     lines += ["- Rank allocation of each LoRITa row: *global* is the paper's one threshold on σ/σ_max over every "
               "layer; *min-share* the same threshold over the layers whose truncation to rank 1 would save at least "
               "1 % of the model (params, or MACs for a FLOPs target), the others kept at full rank. Where the run "
-              "chose (*auto*), the zero-shot validation accuracy of each candidate decided; the test split never "
-              "did.", "", "| Method | Target | Used (seeds) | Val acc, global | Val acc, min-share |",
-              "|---|---|---|--:|--:|"]
+              "chose (*auto*), the zero-shot validation accuracy of each candidate that lands on the target "
+              "decided (–: it missed the target and did not compete); the test split never did.", "",
+              "| Method | Target | Used (seeds) | Val acc, global | Val acc, min-share |", "|---|---|---|--:|--:|"]
     groups: dict[tuple, list[Rec]] = {}
     for r in sorted(lor, key=lambda r: (*_order(r), r["target_kind"], r["target_drop"])):
         key = (r.get("config_hash") or "", r["method"], r["target_kind"], r["target_drop"])

@@ -204,3 +204,21 @@ def test_clipped_points_at_one_target_get_one_readable_label():
                         (50.0, "random", 12.0)], floor=70.0)
     texts = sorted(a.get_text() for a in ax.texts)
     assert texts == ["lorita-n3 21.4%\nlorita-n2 21.1%\nlorita-n1 20.8%", "random 12.0%"]
+
+
+def test_auto_allocation_never_picks_a_candidate_that_misses_the_target():
+    from bench.catalog.budget import Target
+    from bench.catalog.protocol import Calib
+
+    torch.manual_seed(0)
+    # Forty small layers (each can save 0.4 % of the model, below min-share's 1 %) and two big ones:
+    # min-share can cut at most ~79 % of the parameters, so at 90 % only the global rule lands.
+    model = nn.Sequential(*(nn.Linear(40, 40) for _ in range(40)), nn.Linear(40, 512), nn.Linear(512, 512),
+                          nn.Linear(512, 10))
+    x, y = torch.randn(64, 40), torch.arange(64) % 10
+    calib = Calib(example=x[:1], batch_x=x, batch_y=y, num_classes=10, head="42", protected=("42",),
+                  allocation="auto", val_x=x, val_y=y)
+    out = registry.METHODS.get("lorita-n1").compress(model, Target(kind="params", drop=0.9), calib)
+    assert out.allocation == "global" and set(out.allocation_val_acc) == {"global"}
+    assert abs(out.achieved_drop - 0.9) <= 0.01
+    assert out.layers["42"] == 10  # the protected head

@@ -19,6 +19,7 @@ from bench.catalog.evaluate import accuracy
 from bench.catalog.protocol import PLAIN, Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.records.errors import NotApplicable
+from bench.records.results import TARGET_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,22 +44,26 @@ class LoRITa(Method):
         dense = self.dense_reference(model).eval()
         policy = lorita.TargetParamsDrop if target.kind == "params" else lorita.TargetFlopsDrop
         candidates = lorita.ALLOCATIONS if calib.allocation == "auto" else (calib.allocation,)
+        macs0, params0 = lorita.count_macs_params(dense, calib.example)
         built = {}
         for allocation in candidates:
             plan = lorita.truncate(dense, policy(drop=target.drop, allocation=allocation), calib.example,
                                    exclude=calib.protected)
-            built[allocation] = plan, lorita.factorize(dense, plan)
+            deployed = lorita.factorize(dense, plan)
+            macs1, params1 = lorita.count_macs_params(deployed, calib.example)
+            built[allocation] = plan, deployed, 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+        # Only candidates that land on the target compete: a less compressed model is more accurate,
+        # and must not win for it. With none landing, the closest one is deployed (its record says so).
+        landed = [a for a, (_, _, got) in built.items() if abs(got - target.drop) <= TARGET_TOLERANCE + 1e-12]
+        pool = landed or [min(built, key=lambda a: abs(built[a][2] - target.drop))]
         scores = {}
-        if len(built) > 1:
+        if len(candidates) > 1:
             if calib.val_x is None or calib.val_y is None:
                 raise ValueError("the auto rank allocation chooses on the validation split: pass val_x/val_y")
             # Chosen on validation, never on test; a tie keeps the paper's global rule (listed first).
-            scores = {a: accuracy(m, calib.val_x, calib.val_y) for a, (_, m) in built.items()}
-        chosen = max(built, key=lambda a: scores.get(a, 0.0)) if scores else next(iter(built))
-        plan, deployed = built[chosen]
-        macs0, params0 = lorita.count_macs_params(dense, calib.example)
-        macs1, params1 = lorita.count_macs_params(deployed, calib.example)
-        got = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+            scores = {a: accuracy(built[a][1], calib.val_x, calib.val_y) for a in pool}
+        chosen = max(pool, key=lambda a: scores.get(a, 0.0))
+        plan, deployed, got = built[chosen]
         return Compressed(model=deployed, achieved_drop=got, layers={lp.name: lp.rank for lp in plan.layers},
                           full={lp.name: lp.full_rank for lp in plan.layers}, allocation=chosen,
                           allocation_val_acc=scores)
