@@ -13,10 +13,10 @@ from torch import nn
 
 import lorita
 from bench.catalog import data, registry
-from bench.catalog.budget import Budget, decay_budget, planned_lr_sum
+from bench.catalog.budget import Budget, decay_budget
 from bench.catalog.registry import PRESETS
 from bench.cli import main
-from bench.execution.train import train
+from bench.execution.train import planned_lr_sum, train
 from bench.records import decay
 from bench.records.results import load_records
 from reports import render

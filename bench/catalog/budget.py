@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 
 from bench.records import decay
@@ -71,33 +70,6 @@ class Budget:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def planned_lr_sum(budget: Budget, *, lr: float, epochs: int, per_epoch: int) -> float:
-    """Σₜ lrₜ over the ``epochs · per_epoch`` steps ``budget``'s schedule takes from ``lr``.
-
-    The closed forms of the schedulers ``bench.execution.train`` builds (torch's
-    CosineAnnealingLR to 0, MultiStepLR at the milestones, OneCycleLR with its defaults, or a
-    constant lr); a test checks them against the sums ``train`` measures.
-    """
-    total = epochs * per_epoch
-    if total <= 0:
-        return 0.0
-    t_max = max(1, total)
-    if budget.schedule == "cosine":
-        return sum(lr * (1 + math.cos(math.pi * t / t_max)) / 2 for t in range(total))
-    if budget.schedule == "step":
-        marks = sorted({max(1, round(m * t_max)) for m in budget.milestones})
-        return sum(lr * budget.gamma ** sum(t >= m for m in marks) for t in range(total))
-    if budget.schedule == "onecycle":  # torch defaults: pct_start 0.3, cos, div 25, final div 1e4
-        start, low = lr / 25, lr / 25 / 1e4
-        up, end = 0.3 * total - 1, total - 1
-
-        def anneal(a: float, b: float, pct: float) -> float:
-            return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
-        return sum(anneal(start, lr, t / up) if t <= up else anneal(lr, low, (t - up) / (end - up))
-                   for t in range(total))
-    return lr * total
 
 
 def decay_budget(budget: Budget, lr_sum: float) -> float:

@@ -41,7 +41,7 @@ class TrainStats:
     peak_mem_mb: float | None = None
     # Σₜ lrₜ over the optimizer steps taken: with the budget's weight decay and momentum, the decay
     # budget (``bench.catalog.budget.decay_budget``) this training gave weight decay to act
-    # (``bench.catalog.budget.planned_lr_sum`` predicts it).
+    # (``planned_lr_sum`` predicts it).
     lr_sum: float = 0.0
     # Per epoch: the mean training loss, and the validation accuracy where it was computed (with
     # keep_best or progress shown; else empty). A collapsed training is judged on them.
@@ -90,6 +90,21 @@ def _optimizer(model: nn.Module, budget: Budget, lr: float) -> torch.optim.Optim
         return torch.optim.SGD(params, lr=lr, momentum=budget.momentum, nesterov=budget.nesterov and
                                budget.momentum > 0, weight_decay=budget.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=budget.weight_decay)
+
+
+def planned_lr_sum(budget: Budget, *, lr: float, epochs: int, per_epoch: int) -> float:
+    """Σₜ lrₜ over the ``epochs · per_epoch`` steps ``budget``'s schedule takes from ``lr``: what
+    ``train`` records as ``TrainStats.lr_sum``, from the very scheduler it builds (``_scheduler``),
+    stepped on a parameter that never moves."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = _scheduler(opt, budget, lr, epochs, per_epoch)
+    opt.step()  # no gradient, so nothing moves; the scheduler only wants the optimizer to have stepped
+    total = 0.0
+    for _ in range(epochs * per_epoch):
+        total += opt.param_groups[0]["lr"]
+        if sched is not None:
+            sched.step()
+    return total
 
 
 def _scheduler(opt: torch.optim.Optimizer, budget: Budget, lr: float, epochs: int, per_epoch: int):

@@ -21,7 +21,7 @@ __all__ = ["MIN_DECAY_BUDGET", "OFFICIAL_DECAY_BUDGET", "OFFICIAL_RECIPE", "deca
 MIN_DECAY_BUDGET = 0.5
 # The official LoRITa recipe (300 epochs on CIFAR-10's 50,000 images at batch 128, SGD lr 0.01 with
 # ×0.1 at 50 % and 75 %, momentum 0.9, coupled wd 1e-3: the repro-lorita-* presets' budget), whose
-# value tests/test_decay.py checks against ``bench.catalog.budget.planned_lr_sum``.
+# value tests/test_verdicts.py checks against ``bench.execution.train.planned_lr_sum``.
 OFFICIAL_RECIPE = "official LoRITa recipe: 300 epochs, SGD lr 0.01 (×0.1 at 50/75 %), momentum 0.9, wd 1e-3"
 OFFICIAL_DECAY_BUDGET = 6.19
 
