@@ -7,14 +7,13 @@ Pure functions from records (dicts as stored in results.jsonl) to Markdown lines
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.records.decay import MIN_DECAY_BUDGET, OFFICIAL_DECAY_BUDGET, OFFICIAL_RECIPE, kept_fraction
 from reports import tables
 from reports.plots import layer_name
-from reports.tables import FAMILY_ORDER, latest
+from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
 Rec = Mapping[str, Any]
 DIVERGED = "diverged"
@@ -78,10 +77,6 @@ def failure_lines(records: Sequence[Rec]) -> list[str]:
     return [*lines, ""]
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
 def decay_lines(records: Sequence[Rec]) -> list[str]:
     """"Decay budget": per method, Σₜ lrₜ·wd/(1−momentum) (decoupled: Σₜ lrₜ·wd) of its pre-training
     and its fine-tuning, what an unsupported direction keeps of its size, the official recipe's value
@@ -103,8 +98,8 @@ def decay_lines(records: Sequence[Rec]) -> list[str]:
         groups.setdefault((r.get("config_hash") or "", r["method"]), []).append(r)
     low: list[tuple[str, float]] = []
     for (h, method), rs in groups.items():
-        pre = _mean([r["pretrain_decay_budget"] for r in rs])
-        fine = _mean([r["finetune_decay_budget"] for r in rs if r.get("finetune_decay_budget") is not None])
+        pre = mean_or_none([r["pretrain_decay_budget"] for r in rs])
+        fine = mean_or_none([r["finetune_decay_budget"] for r in rs if r.get("finetune_decay_budget") is not None])
         cells = [*([f"`{h}`"] if several else []), method, f"{pre:.3g}", f"{kept_fraction(pre) * 100:.0f} %",
                  "–" if fine is None else f"{fine:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -153,7 +148,7 @@ def protection_lines(records: Sequence[Rec]) -> list[str]:
         used: dict[str, int] = {}
         for r in rs:
             used[r["allocation"]] = used.get(r["allocation"], 0) + 1
-        scores = {a: _mean([r["allocation_val_acc"][a] for r in rs if a in (r.get("allocation_val_acc") or {})])
+        scores = {a: mean_or_none([r["allocation_val_acc"][a] for r in rs if a in (r.get("allocation_val_acc") or {})])
                   for a in ("global", "min-share")}
         lines.append(f"| {method} | {kind} {drop * 100:g}% | {', '.join(f'{a} ({k})' for a, k in used.items())} | "
                      + " | ".join("–" if v is None else f"{v * 100:.2f}" for v in scores.values()) + " |")

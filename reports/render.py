@@ -21,7 +21,7 @@ from typing import Any
 from bench.records.results import atomic_write_text
 from bench.records.sources import config_hash
 from reports import health, tables
-from reports.tables import FAMILY_ORDER, latest
+from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
 HEADLINE_PP = 1.0  # the headline names the methods within this many pp of the reference accuracy
@@ -391,10 +391,6 @@ def published_lines(records: Sequence[Rec], published: Sequence[Mapping[str, Any
     return lines
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
 def _fmt(v: float | None, f: str) -> str:
     return "–" if v is None else format(v, f)
 
@@ -439,11 +435,11 @@ def cost_lines(records: Sequence[Rec]) -> list[str]:
     counted: set[tuple] = set()
     for (h, method), rs in groups.items():
         by_seed = {r["seed"]: r for r in rs}
-        pre_steps = _mean([r["pretrain_steps"] for r in by_seed.values() if r.get("pretrain_steps") is not None])
-        pre_s = _mean([r["pretrain_wall_s"] for r in by_seed.values() if r.get("pretrain_wall_s") is not None])
+        pre_steps = mean_or_none([r["pretrain_steps"] for r in by_seed.values() if r.get("pretrain_steps") is not None])
+        pre_s = mean_or_none([r["pretrain_wall_s"] for r in by_seed.values() if r.get("pretrain_wall_s") is not None])
         fine_s = [r["finetune_wall_s"] for r in rs if r.get("finetune_wall_s") is not None]
-        mem = _mean([r["train_peak_mem_mb"] for r in by_seed.values() if r.get("train_peak_mem_mb") is not None])
-        fmem = _mean([r["finetune_peak_mem_mb"] for r in rs if r.get("finetune_peak_mem_mb") is not None])
+        mem = mean_or_none([r["train_peak_mem_mb"] for r in by_seed.values() if r.get("train_peak_mem_mb") is not None])
+        fmem = mean_or_none([r["finetune_peak_mem_mb"] for r in rs if r.get("finetune_peak_mem_mb") is not None])
         gpu = [r["gpu_s"] for r in rs if r.get("gpu_s") is not None]
         ncached = sum(bool(r.get("pretrain_cached")) for r in by_seed.values())
         pid = next((r["pretrain_id"] for r in rs if r.get("pretrain_id")), "–")

@@ -31,6 +31,11 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.045, 2.042)
 
 
+def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean of ``values``, or ``None`` when there are none (a cell with nothing measured)."""
+    return statistics.fmean(values) if values else None
+
+
 def t95(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` ≥ 1 degrees of freedom (a table to 30,
     then the Cornish-Fisher expansion around the normal quantile, good to 1e-3)."""
