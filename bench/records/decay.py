@@ -14,10 +14,12 @@ import math
 
 __all__ = ["MIN_DECAY_BUDGET", "OFFICIAL_DECAY_BUDGET", "OFFICIAL_RECIPE", "decay_budget", "kept_fraction"]
 
-# Calibrated on measured runs: at B ≈ 0.6 the quick preset separates N=3 from N=1 at 90 % params drop
-# (zero-shot 84 vs 63 %, three seeds); at B = 0.04 (a two-epoch GPU run) an unsupported direction
-# shrinks by 4 % and nothing can separate them. Below this value a report says that N > 1 cannot be
-# expected to differ from N = 1.
+# Calibrated on measured runs: at B ≈ 0.6 the quick preset puts N=3 ahead of N=1 at 90 % params drop
+# (zero-shot 84 vs 63 % with the classifier truncatable; 58 ± 28 vs 49 ± 17 % with it protected, as
+# now: three seeds, intervals that overlap), and the CPU conv preset at B = 0.79 separates them clearly
+# (88 vs 11 % at 70 % params drop, docs/cpu-conv-report); at B = 0.04 (a two-epoch GPU run) an
+# unsupported direction shrinks by 4 % and nothing can separate them. Below this value a report says
+# that N > 1 cannot be expected to differ from N = 1.
 MIN_DECAY_BUDGET = 0.5
 # The official LoRITa recipe (300 epochs on CIFAR-10's 50,000 images at batch 128, SGD lr 0.01 with
 # ×0.1 at 50 % and 75 %, momentum 0.9, coupled wd 1e-3: the repro-lorita-* presets' budget), whose
