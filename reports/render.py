@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.results import atomic_write_text
-from bench.records.sources import config_hash
+from bench.records.sources import config_hash, flat
 from reports import health, tables
 from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
@@ -57,29 +57,19 @@ def configs_by_hash(records: Sequence[Rec], configs: Sequence[Mapping[str, Any]]
     return out
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def differences(by_hash: Mapping[str, Mapping[str, Any]], hashes: Sequence[str]) -> dict[str, str]:
     """Per config hash, what differs from the other configs of the report ("budget.lr=0.02, …");
     "config not found" for a hash with no config.json or benchmark config beside its records."""
-    flat = {h: _flat({k: v for k, v in c.items() if k not in ("published", "config_hash")})
-            for h, c in by_hash.items() if h in hashes}
-    keys = sorted({k for f in flat.values() for k in f})
-    varying = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+    flats = {h: flat({k: v for k, v in c.items() if k not in ("published", "config_hash")})
+             for h, c in by_hash.items() if h in hashes}
+    keys = sorted({k for f in flats.values() for k in f})
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flats.values()}) > 1]
     out = {}
     for h in hashes:
-        if h not in flat:
+        if h not in flats:
             out[h] = "config not found"
         elif varying:
-            out[h] = ", ".join(f"{k}={flat[h].get(k)}" for k in varying)
+            out[h] = ", ".join(f"{k}={flats[h].get(k)}" for k in varying)
         else:
             out[h] = ""
     return out
@@ -440,7 +430,11 @@ def cost_lines(records: Sequence[Rec]) -> list[str]:
         fine_s = [r["finetune_wall_s"] for r in rs if r.get("finetune_wall_s") is not None]
         mem = mean_or_none([r["train_peak_mem_mb"] for r in by_seed.values() if r.get("train_peak_mem_mb") is not None])
         fmem = mean_or_none([r["finetune_peak_mem_mb"] for r in rs if r.get("finetune_peak_mem_mb") is not None])
-        gpu = [r["gpu_s"] for r in rs if r.get("gpu_s") is not None]
+        # gpu_s is one deployed model's pre-training plus its fine-tuning: summed over targets it would
+        # count the pre-training once per target, so here a seed's pre-training counts once.
+        on_gpu = [r for r in rs if r.get("gpu_s") is not None]
+        gpu = ([r.get("pretrain_wall_s") or 0.0 for r in {r["seed"]: r for r in on_gpu}.values()]
+               + [r.get("finetune_wall_s") or 0.0 for r in on_gpu])
         ncached = sum(bool(r.get("pretrain_cached")) for r in by_seed.values())
         pid = next((r["pretrain_id"] for r in rs if r.get("pretrain_id")), "–")
         for r in by_seed.values():

@@ -134,10 +134,13 @@ def speedup(r: Rec, batch: str = "1") -> float | None:
 
 def reference(r: Rec) -> tuple[float | None, str]:
     """What ΔAcc is taken against: ``(ref_acc, "ref")`` when the record has the reference
-    model's accuracy, else its own dense model's ``(base_acc, "base")`` (records before
-    ``ref_acc`` existed), ``(None, "")`` when it has neither."""
+    model's accuracy, ``(None, "pending")`` when it was written before its seed's reference was
+    known (no ΔAcc: never against the method's own dense model), else its own dense model's
+    ``(base_acc, "base")`` (records before ``ref_acc`` existed), ``(None, "")`` with neither."""
     if r.get("ref_acc") is not None:
         return float(r["ref_acc"]), "ref"
+    if r.get("ref_pending"):
+        return None, "pending"
     if r.get("base_acc") is not None:
         return float(r["base_acc"]), "base"
     return None, ""
@@ -145,9 +148,9 @@ def reference(r: Rec) -> tuple[float | None, str]:
 
 def delta(r: Rec, key: str = "acc") -> float | None:
     """``r[key]`` (a fraction) minus the record's reference accuracy; None when either is missing."""
-    ref, _ = reference(r)
+    ref, kind = reference(r)
     if r.get(key) is None or ref is None:
-        return r.get("delta_acc") if key == "acc" and ref is None else None
+        return r.get("delta_acc") if key == "acc" and kind == "" else None
     return float(r[key]) - ref
 
 
@@ -383,6 +386,11 @@ def reference_line(block: Sequence[Row]) -> str:
         # every ok row of a seed carries the same ref_acc: the mean over rows is the mean over seeds
         return (f"Reference accuracy (the plainly trained dense model every ΔAcc is taken against): "
                 f"{statistics.fmean(refs):.2f} % (mean over {seeds} seed{'s' if seeds > 1 else ''}).")
+    if "pending" in kinds:
+        n = sum(1 for r in block if r.reference == "pending")
+        return (f"{n} row{'s' if n != 1 else ''} await{'s' if n == 1 else ''} the reference of a seed (its plain "
+                "training failed or has not reported): no ΔAcc there until a later run into the folder trains it; "
+                "never taken against the method's own dense model.")
     if kinds == {"base"}:
         return ("No reference accuracy in these records (written before `ref_acc` existed): ΔAcc is each "
                 "method's accuracy minus its own dense model's.")

@@ -29,8 +29,9 @@ def test_a_family_recipe_changes_its_methods_budget_not_their_steps():
                                                                              p.budget.batch_size)
     # Another recipe trains another model: l1-filter no longer shares N=1's plain training.
     assert p.pretraining_of(METHODS.get("lorita-n1")) == PLAIN != p.pretraining_of(METHODS.get("l1-filter"))
-    assert p.config_hash() != TINY.config_hash() and TINY.config_hash() == CI.override(targets=TINY.targets,
-                                                                                       budget=TINY.budget).config_hash()
+    assert p.config_hash() != TINY.config_hash() and TINY.config_hash() == CI.override(
+        targets=TINY.targets, budget=TINY.budget, latency_rounds=TINY.latency_rounds,
+        throughput_batch=TINY.throughput_batch).config_hash()
 
 
 @pytest.mark.parametrize(("recipes", "needle"), [

@@ -185,18 +185,35 @@ def test_a_torn_last_line_is_set_aside_and_the_run_resumes(tmp_path, fake_jobs, 
     assert main([*FAKE, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "cut off" in line] == [
-        f"{out / RESULTS}:2 was cut off (a run killed mid-write): set aside, the whole file kept in "
-        f"{out / 'results.jsonl.corrupt'}; resuming"]
+        f"{out / RESULTS}:{torn.count(chr(10)) + 1} was cut off (a run killed mid-write): set aside, the whole file "
+        f"kept in {out / 'results.jsonl.corrupt'}; resuming"]
     assert (out / "results.jsonl.corrupt").read_text() == torn
     assert ran == [("lorita-n3", ("params:0.5",))]  # only the lost record is redone
     assert len(load_records(out / RESULTS)) == 2
 
 
-def test_a_malformed_line_elsewhere_stops_with_file_and_line(tmp_path, fake_jobs, capsys):
+def test_a_torn_line_in_the_middle_is_set_aside_too_and_the_run_resumes(tmp_path, fake_jobs, capsys):
+    # An older harness, or a writer on a shared file system, can leave a torn record in front of a good
+    # one: it must not wedge the folder (every later start, report and compare used to stop there).
+    ran, _, _ = fake_jobs
     out = tmp_path / "run"
     assert main([*FAKE, "--out", str(out)]) == 0
     lines = (out / RESULTS).read_text().splitlines()
-    (out / RESULTS).write_text("\n".join([lines[0][:30], lines[1]]) + "\n")
+    torn = lines[-1][:80]
+    (out / RESULTS).write_text("\n".join([*lines[:-1], torn, lines[-1]]) + "\n")
+    assert len(load_records(out / RESULTS)) == len(lines) - 1  # left out (and the reference line is no record)
+    ran.clear()
+    capsys.readouterr()
+    assert main([*FAKE, "--out", str(out)]) == 0
+    assert f"{out / RESULTS}:{len(lines)} was cut off" in capsys.readouterr().err
+    assert not ran and (out / RESULTS).read_text().splitlines() == lines
+
+
+def test_a_line_that_is_no_record_stops_with_file_and_line(tmp_path, fake_jobs, capsys):
+    out = tmp_path / "run"
+    assert main([*FAKE, "--out", str(out)]) == 0
+    lines = (out / RESULTS).read_text().splitlines()
+    (out / RESULTS).write_text("\n".join(["<<<<<<< HEAD", *lines]) + "\n")  # a merge left in, say
     capsys.readouterr()
     assert main([*FAKE, "--out", str(out)]) == 2
     assert f"{out / RESULTS}:1 is not a JSON record" in _one_line(capsys.readouterr().err)
@@ -312,3 +329,176 @@ def test_a_torn_tail_never_becomes_a_middle_line_when_another_run_appends(tmp_pa
     assert (tmp_path / (RESULTS + ".corrupt")).read_text(encoding="utf-8") == whole[:57]
     append_record(path, a)  # a sound file is appended to as before, nothing set aside
     assert len(load_records(path)) == 3 and not (tmp_path / (RESULTS + ".corrupt.1")).exists()
+
+
+def test_a_writer_killed_mid_line_while_another_appends_loses_only_its_own_line(tmp_path):
+    # Issue 19 item 2, with a real kill: A holds the folder's lock and has written half a record when
+    # it is SIGKILLed; B, blocked on that lock meanwhile, appends the moment A dies.
+    path = tmp_path / RESULTS
+    a, b = (Record(dataset="digits", model="fcn", method=m, family="lorita", n=1, target_kind="params",
+                   target_drop=0.5, seed=0) for m in ("lorita-n1", "lorita-n3"))
+    append_record(path, a)
+    half = json.dumps(b.to_dict(), sort_keys=True)[:100]
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, sys, time
+        from bench.records.results import locked
+        with locked({str(path)!r}):
+            fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, {half!r}.encode())
+            print("written", flush=True)
+            time.sleep(60)
+    """)], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "written"
+    appender = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import json
+        from bench.records.results import Record, append_record
+        append_record({str(path)!r}, Record.from_dict(json.loads({json.dumps(json.dumps(b.to_dict()))})))
+    """)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(0.5)
+    assert appender.poll() is None  # blocked on the lock A holds
+    writer.kill()
+    writer.wait(timeout=30)
+    writer.stdout.close()
+    assert appender.wait(timeout=60) == 0
+    assert [r.method for r in load_records(path)] == ["lorita-n1", "lorita-n3"]
+    assert (tmp_path / (RESULTS + ".corrupt")).read_text(encoding="utf-8") == half
+
+
+def test_two_ranks_on_cuda_0_and_cuda_1_hash_one_configuration_and_plan_the_same_jobs(tmp_path):
+    # Issue 19 item 1: under torchrun rank r runs on cuda:r; planning must not see the index.
+    ci = PRESETS.get("ci")
+    ranks = [ci.override(device=f"cuda:{r}") for r in (0, 1)]
+    assert ranks[0].config_hash() == ranks[1].config_hash()
+    plans = [[(j.pretraining, j.seed, j.work) for j in runner.plan(p, set(), cache_dir=tmp_path)] for p in ranks]
+    assert plans[0] == plans[1] and plans[0]
+    with runner.locked(tmp_path / "out" / RESULTS):  # rank 0 writes config.json; rank 1 finds its own configuration
+        runner._claim(tmp_path / "out", ranks[0], None, print, write=True)
+        runner._claim(tmp_path / "out", ranks[1], None, print, write=False)
+
+
+@pytest.mark.parametrize("change", [{"throughput_batch": 32}, {"latency_rounds": 3}, {"compile": True},
+                                    {"recipes": {"lorita": {"lr": 0.5}}}])
+def test_timing_settings_and_recipes_are_part_of_the_configuration(tmp_path, change):
+    # Issue 19 item 6: runs timed differently must not share a folder (and one "b=T" header).
+    ci = PRESETS.get("ci")
+    assert ci.override(**change).config_hash() != ci.config_hash()
+    with runner.locked(tmp_path / RESULTS):
+        runner._claim(tmp_path, ci, None, print, write=True)
+        with pytest.raises(runner.UsageError) as err:
+            runner._claim(tmp_path, ci.override(**change), None, print, write=True)
+    key = next(iter(change))
+    assert f"differs in {key}" in str(err.value), str(err.value)  # named, never "no hashed field"
+
+
+def test_every_preset_field_is_classed_as_identity_or_not():
+    # One list: a field added to Preset must say whether it changes what is measured (IDENTITY) or not.
+    from dataclasses import fields as dc_fields
+
+    from bench.catalog.presets import NOT_IDENTITY, Preset
+    from bench.records.sources import IDENTITY
+    names = {f.name for f in dc_fields(Preset)}
+    assert set(IDENTITY) | set(NOT_IDENTITY) == names and not set(IDENTITY) & set(NOT_IDENTITY)
+
+
+def test_records_are_written_as_each_job_ends_so_a_killed_orchestrator_loses_none(tmp_path, fake_jobs, monkeypatch):
+    # Issue 19 item 4: lorita-n3's job ends first (as under submitit), then the orchestrator is
+    # killed before the plain job reports: lorita-n3's record is on disk, waiting for its reference.
+    ran, _, side = fake_jobs
+    real_plan = runner.plan
+    monkeypatch.setattr(runner, "plan", lambda *a, **kw: list(reversed(real_plan(*a, **kw))))
+    side["lorita-n1"] = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(PRESETS.get("ci").override(methods=("lorita-n1", "lorita-n3"),
+                                              targets=(Target(kind="params", drop=0.5),)),
+                   out, progress=False, echo=lambda s: None)
+    (r,) = load_records(out / RESULTS)
+    assert (r.method, r.ref_pending, r.ref_acc, r.delta_acc) == ("lorita-n3", True, None, None)
+    ran.clear()
+    assert main([*FAKE, "--out", str(out)]) == 0
+    assert ran == [("lorita-n1", ("params:0.5",))]  # lorita-n3 is not run again
+    by = {r.method: r for r in load_records(out / RESULTS)}
+    assert by["lorita-n3"].ref_acc == 0.95 and by["lorita-n3"].delta_acc == pytest.approx(0.9 - 0.95)
+    assert not by["lorita-n3"].ref_pending
+
+
+def test_a_failed_reference_leaves_records_pending_and_a_later_run_fills_them(tmp_path, fake_jobs, monkeypatch,
+                                                                              capsys):
+    # Issue 19 item 3: lorita-n3 alone needs a reference-only plain job; it fails the first time.
+    fake, calls, fail = executors.run_job, [], [True]
+
+    def reference_fails_once(j, data=None, *, progress=False):
+        calls.append(j.methods)
+        if not j.work and fail:
+            fail.pop()
+            raise RuntimeError("node lost")
+        return fake(j, data, progress=progress)
+    monkeypatch.setattr(executors, "run_job", reference_fails_once)
+    out, only = tmp_path / "run", [*FAKE[:4], "--methods", "lorita-n3", *FAKE[6:]]
+    assert main([*only, "--out", str(out)]) == 0
+    assert "this seed's records wait for it" in capsys.readouterr().err
+    (r,) = load_records(out / RESULTS)
+    assert r.status == "ok" and r.ref_pending and r.ref_acc is None and r.delta_acc is None  # not vs its own dense
+    rep = tmp_path / "rep"
+    assert main(["report", str(out), "--out", str(rep), "--no-plots"]) == 0
+    assert "await" in (rep / "report.md").read_text()
+    calls.clear()
+    assert main([*only, "--out", str(out)]) == 0
+    assert calls == [()]  # every cell was done: only the reference is trained, and it is
+    (r,) = load_records(out / RESULTS)
+    assert (r.ref_acc, r.ref_pending, r.delta_acc) == (0.95, False, pytest.approx(0.9 - 0.95))
+
+
+def test_a_folder_of_records_made_by_other_code_is_refused(tmp_path, fake_jobs, capsys):
+    # Issue 19 item 3: a resumed folder must not hold references and records of two code versions.
+    ran, _, _ = fake_jobs
+    out = tmp_path / "run"
+    assert main([*FAKE, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "code": "0123456789abcdef"}))
+    ran.clear()
+    capsys.readouterr()
+    assert main([*FAKE, "--methods", "l1-filter", "--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "made by other code (code 0123456789abcdef" in line and "--out to a fresh folder" in line and not ran
+
+
+def test_the_checkpoint_key_has_the_process_count_and_the_job_code(monkeypatch):
+    # Issue 19 item 10: BatchNorm statistics differ across process counts (no SyncBatchNorm); the
+    # job's seeding order and calibration batch shape the model.
+    from bench.execution import distributed, provenance
+    ci = PRESETS.get("ci")
+    one = cache.checkpoint_key(ci, METHODS.get("lorita-n1"), 0)
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    assert cache.checkpoint_key(ci, METHODS.get("lorita-n1"), 0) != one
+    assert {"job.py", "train.py"} <= {p.name for p in provenance.shaping_files()}
+
+
+def test_ranks_that_do_not_all_load_a_checkpoint_train_from_the_fresh_weights(tmp_path, monkeypatch):
+    # Issue 19 item 10: the load waits for every rank's word; a rank whose load worked must not
+    # keep those weights when another's failed (one rank simulated: agreement refused).
+    from dataclasses import replace
+
+    from bench.catalog import data as data_mod
+    from bench.catalog.models import build
+    from bench.catalog.protocol import Calib
+    from bench.execution import distributed
+    p = PRESETS.get("quick").override(budget=replace(PRESETS.get("quick").budget, epochs=2, finetune_epochs=1))
+    data = data_mod.load("digits").to("cpu")
+    lead = METHODS.get("lorita-n1")
+
+    def trained():
+        torch.manual_seed(0)
+        model = lead.prepare(build(p.model, data.num_classes, data.input_shape, p.model_options))
+        calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:8], batch_y=data.train_y[:8],
+                      num_classes=data.num_classes, head=None)
+        return job.trained_model(p, lead, model, data, calib, 0, cache_dir=tmp_path)
+    first = trained()  # trains and writes the checkpoint
+    asked = []  # the first question is the checkpoint's; the training asks again (finite losses)
+    monkeypatch.setattr(distributed, "agree", lambda flag, device="cpu": bool(asked.append(flag)) or
+                        (flag and len(asked) > 1))
+    second = trained()
+    assert asked[0] is True
+    assert not second.cached
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # trained again from the same fresh weights, not on from the loaded ones

@@ -21,6 +21,13 @@ from bench.records.sources import config_hash
 ALLOCATIONS = (*lorita.ALLOCATIONS, "auto")
 
 
+# The fields of a Preset that are not part of its configuration's identity (``bench.records.sources.
+# IDENTITY`` lists the others; a test checks that every field is in exactly one of the two): a folder
+# holds several methods, targets and seeds; channels_last changes how fast, not what is trained; the
+# recipes are hashed, not how they were chosen.
+NOT_IDENTITY = ("methods", "targets", "seeds", "channels_last", "recipe_source", "tune_grid")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Preset:
     """Dataset, model, methods, targets, budget and seeds of one comparison."""

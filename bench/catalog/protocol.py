@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from bench.catalog.budget import Target
+from bench.records.results import REFERENCE_PRETRAINING
 
 # Standard training: N=1 LoRITa and every pruning method without a training-time regularizer
 # start from this one model, which is also the reference every ΔAcc is taken against.
-PLAIN = "plain"
+PLAIN = REFERENCE_PRETRAINING  # "plain", spelled once in bench.records.results
 FAMILIES = ("lorita", "pruning", "dense")
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from bench.catalog.presets import Preset
 from bench.catalog.protocol import Method
+from bench.execution import distributed
 from bench.execution.provenance import code_digest, versions
 from bench.records.results import atomic_file
 
@@ -49,6 +50,9 @@ def checkpoint_key(preset: Preset, method: Method, seed: int) -> str:
                       "prepare": preset.pretraining_of(method), "budget": asdict(preset.pretraining_budget(method)),
                       "seed": seed, "protect": list(preset.protect),  # a sparsity regularizer skips them
                       "device": torch.device(preset.device).type, "amp": preset.amp,
+                      # Under torchrun each rank normalizes BatchNorm over its share of the batch only
+                      # (no SyncBatchNorm), so a model trained by W processes is another model.
+                      "processes": distributed.world(),
                       "versions": versions(), "code": code_digest()})
 
 

@@ -250,9 +250,15 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
     key = cache.checkpoint_key(preset, method, seed)
     steps = steps_per_epoch(len(data.train_x), budget.batch_size) * budget.train_epochs
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
-    meta = cache.load(path, model, key=key, steps=steps) if path is not None else None
-    if not distributed.agree(meta is not None, preset.device):  # under torchrun: all ranks load, or all train
+    # Loaded into a copy first: under torchrun the ranks agree before any of them takes it, so a
+    # rank whose copy failed never trains from weights another rank loaded.
+    probe = copy.deepcopy(model) if path is not None else None
+    meta = cache.load(path, probe, key=key, steps=steps) if path is not None else None
+    if not distributed.agree(meta is not None, preset.device):  # all ranks load, or all train
         meta = None
+    if meta is not None:
+        model.load_state_dict(probe.state_dict())
+    del probe
     # The validation-selected epoch's weights ride along in a second checkpoint: the protocol
     # compresses the last epoch's model, the report also shows the best-on-validation one.
     best = copy.deepcopy(model)
@@ -345,9 +351,9 @@ def _deployed_fields(preset: Preset, method: Method, deployed: nn.Module, out: C
     params = method.deployed_params(deployed, params)
     lat, tput = _latencies(preset, dense.model, deployed, data)
     d = dense.fields
-    # delta_acc against the method's own dense model until the runner knows the reference
-    # (the plainly trained model of this seed) and replaces it by acc - ref_acc.
-    return {"acc": acc, "acc_top5": top5, "delta_acc": acc - d["base_acc"], "val_acc": val, "params": params,
+    # No delta_acc here: it is taken against the seed's reference (the plainly trained model),
+    # which the runner fills in (``bench.records.results.reference_fields``), never the own dense model.
+    return {"acc": acc, "acc_top5": top5, "val_acc": val, "params": params,
             "params_drop": 1 - params / d["dense_params"], "macs": macs, "flops_drop": 1 - macs / d["dense_macs"],
             "achieved_drop": out.achieved_drop, "layers": out.layers, "layers_full": out.full,
             "layer_order": list(out.layers), "note": out.note,

@@ -18,8 +18,10 @@ from bench.execution import train
 
 DISTRIBUTIONS = ("lorita-bench", "torch", "torchvision", "torch-pruning", "timm")
 # The harness modules whose source shapes a trained model (data, architecture, method preparation,
-# budget, training loop); every module of ``lorita`` and ``baselines`` is hashed as well.
+# budget; the training loop, and the job: its seeding order and calibration batch); every module of
+# ``lorita`` and ``baselines`` is hashed as well.
 SHAPING = ("budget.py", "data.py", "models.py", "protocol.py", "methods.py")
+EXECUTION_SHAPING = ("train.py", "job.py")
 
 
 def versions() -> dict[str, str]:
@@ -39,6 +41,13 @@ def _versions() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def shaping_files() -> list[Path]:
+    """The source files ``code_digest`` hashes, sorted."""
+    catalog, execution = Path(bench.catalog.__file__).parent, Path(train.__file__).parent
+    return sorted([*Path(lorita.__file__).parent.glob("*.py"), *Path(baselines.__file__).parent.glob("*.py"),
+                   *(execution / f for f in EXECUTION_SHAPING), *(catalog / f for f in SHAPING)])
+
+
 @functools.cache
 def code_digest() -> str:
     """Digest of the source that shapes a trained model (method, data, models, training loop).
@@ -46,11 +55,8 @@ def code_digest() -> str:
     In the cache key because the package version does not move with every change: a
     checkpoint trained by older code must not be reused (nor fool the regression gate).
     """
-    catalog = Path(bench.catalog.__file__).parent
-    files = sorted([*Path(lorita.__file__).parent.glob("*.py"), *Path(baselines.__file__).parent.glob("*.py"),
-                    Path(train.__file__), *(catalog / f for f in SHAPING)])
     h = hashlib.sha256()
-    for f in files:
+    for f in shaping_files():
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -19,8 +19,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -100,7 +100,9 @@ class Record:
     train_wall_s: float | None = None  # this record's pre-training + fine-tuning wall time
     pretrain_wall_s: float | None = None  # shared by every target of one (method, seed)
     finetune_wall_s: float | None = None
-    gpu_s: float | None = None  # on CUDA: GPU-seconds of training (one GPU per job); None on CPU
+    # On CUDA: GPU-seconds of this deployed model's training (pre-training + its fine-tuning; one GPU per
+    # job; the pre-training is shared by the targets of a (method, seed): do not sum it over them); None on CPU
+    gpu_s: float | None = None
     # Peak memory of the (pre-)training in MiB: what N costs LoRITa. CUDA max_memory_allocated,
     # or on CPU the process's peak resident size during training (data set included).
     train_peak_mem_mb: float | None = None
@@ -122,6 +124,10 @@ class Record:
     # (config, seed), test and validation accuracy. delta_acc = acc - ref_acc where known.
     ref_acc: float | None = None
     ref_val_acc: float | None = None
+    # Written before its seed's reference was known (the plain job had not reported, or failed):
+    # ΔAcc is left open, never taken against the method's own dense model, and a reader fills it
+    # from the folder's reference line once one is there (``with_references``).
+    ref_pending: bool = False
     # The compressed model before fine-tuning: what truncation or pruning alone costs.
     acc_zero_shot: float | None = None
     val_acc_zero_shot: float | None = None
@@ -157,6 +163,80 @@ class Record:
     def from_dict(cls, d: dict[str, Any]) -> Record:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The one pre-training whose dense model is the reference of its (config, seed).
+REFERENCE_PRETRAINING = "plain"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reference:
+    """The reference of one (config, seed): the plainly trained dense model's test and validation
+    accuracy. Kept as a line of its own in results.jsonl (``{"kind": "reference", …}``), written
+    as soon as the plain job reports, so that records written before it get their ΔAcc whenever
+    the folder is read, whatever order the jobs finished in."""
+
+    config_hash: str
+    dataset: str
+    model: str
+    seed: int
+    acc: float
+    val_acc: float | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.config_hash, self.dataset, self.model, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "reference", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reference:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _get(r: Any, key: str) -> Any:
+    return r.get(key) if isinstance(r, dict) else getattr(r, key, None)
+
+
+def reference_key(r: Any) -> tuple:
+    """The (config, dataset, model, seed) whose reference ``r`` (a Record or a record dict) is taken against."""
+    return (_get(r, "config_hash") or "", _get(r, "dataset"), _get(r, "model"), _get(r, "seed"))
+
+
+def references_in(records: Iterable[Any], lines: Iterable[Reference] = ()) -> dict[tuple, tuple[float, float | None]]:
+    """Per ``reference_key``, the reference (test, validation accuracy): from reference ``lines``, else
+    (folders written before reference lines existed) the dense accuracy of an ok record whose model
+    was trained plainly. ``records`` are Records or record dicts."""
+    out = {reference_key(r): (_get(r, "base_acc"), _get(r, "base_val_acc")) for r in records
+           if _get(r, "status") == "ok" and _get(r, "pretrain_id") == REFERENCE_PRETRAINING
+           and _get(r, "base_acc") is not None}
+    out.update({ref.key: (ref.acc, ref.val_acc) for ref in lines})
+    return out
+
+
+def reference_fields(acc: float | None, ref: tuple[float, float | None] | None) -> dict[str, Any]:
+    """The record fields that carry a seed's reference ``ref`` (test, validation accuracy), and ΔAcc
+    against it; with ``ref`` unknown, the record is pending (no ΔAcc, never the own dense model's)."""
+    if ref is None:
+        return {"ref_acc": None, "ref_val_acc": None, "delta_acc": None, "ref_pending": True}
+    return {"ref_acc": ref[0], "ref_val_acc": ref[1], "delta_acc": None if acc is None else acc - ref[0],
+            "ref_pending": False}
+
+
+def with_references(records: list[Any], refs: dict[tuple, tuple[float, float | None]]) -> list[Any]:
+    """``records`` (Records or dicts), each pending one whose reference is in ``refs`` filled in."""
+    out = []
+    for r in records:
+        ref = refs.get(reference_key(r)) if _get(r, "ref_pending") else None
+        if ref is None:
+            out.append(r)
+        elif isinstance(r, dict):
+            out.append({**r, **reference_fields(r.get("acc"), ref)})
+        else:
+            out.append(replace(r, **reference_fields(r.acc, ref)))
+    return out
 
 
 def landing(target_kind: str, target_drop: float, params_drop: float | None, flops_drop: float | None,
@@ -270,39 +350,78 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _parse(path: Path) -> tuple[list[Record], int | None]:
-    """The records of ``path`` and the line number of a torn last line (``None``: none).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parsed:
+    """What a results JSONL file holds: record dicts with their line numbers, reference lines,
+    and the numbers of torn lines (records cut off by a writer killed mid-line), left out."""
 
-    A last line that is not JSON is what a writer killed mid-line leaves; any other line that is
-    not a record raises ``UsageError`` naming file and line.
+    records: tuple[tuple[int, dict[str, Any]], ...]
+    references: tuple[Reference, ...]
+    torn: tuple[int, ...]
+
+
+ACCEPTED_LINES = "one result record (or reference line) a line (fix or remove that line)"
+
+
+def parse_jsonl(path: Path) -> Parsed:
+    """Read ``path`` (an absent file holds nothing), setting no line aside but naming the torn ones.
+
+    A line that starts a JSON object and breaks off is torn — what a writer killed mid-line
+    leaves, at the end or, with an older harness or a shared file system, in the middle — and
+    is left out wherever it is. Any other line that is not a record or a reference raises
+    ``UsageError`` naming file and line.
     """
+    path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
-    out: list[Record] = []
-    for j, (i, line) in enumerate(numbered):
+    records, refs, torn = [], [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError as err:
-            if j == len(numbered) - 1:
-                return out, i
-            raise UsageError(f"{path}:{i} is not a JSON record ({err.msg}); accepted: one result record a "
-                             "line (fix or remove that line)") from None
+            if line.lstrip().startswith("{"):
+                torn.append(i)
+                continue
+            raise UsageError(f"{path}:{i} is not a JSON record ({err.msg}); accepted: {ACCEPTED_LINES}") from None
+        if not isinstance(d, dict):
+            raise UsageError(f"{path}:{i} is not a result record (not an object); accepted: {ACCEPTED_LINES}")
+        if d.get("kind") == "reference":
+            try:
+                refs.append(Reference.from_dict(d))
+            except TypeError as err:
+                raise UsageError(f"{path}:{i} is not a reference line ({err}); accepted: {ACCEPTED_LINES}") from None
+        elif "method" not in d:
+            raise UsageError(f"{path}:{i} is not a result record (no 'method'); accepted: {ACCEPTED_LINES}")
+        else:
+            records.append((i, d))
+    return Parsed(records=tuple(records), references=tuple(refs), torn=tuple(torn))
+
+
+def _records(path: Path, parsed: Parsed) -> list[Record]:
+    out = []
+    for i, d in parsed.records:
         try:
-            if not isinstance(d, dict):
-                raise TypeError("not an object")
             out.append(Record.from_dict(d))
         except (TypeError, ValueError) as err:
-            raise UsageError(f"{path}:{i} is not a result record ({err}); accepted: one result record a "
-                             "line (fix or remove that line)") from None
-    return out, None
+            raise UsageError(f"{path}:{i} is not a result record ({err}); accepted: {ACCEPTED_LINES}") from None
+    return out
+
+
+def load_folder(path: Path) -> tuple[list[Record], dict[tuple, tuple[float, float | None]]]:
+    """The records of the JSONL file ``path``, each filled with its seed's reference where the file
+    holds one (see ``Reference``), and those references by ``reference_key``. Torn lines are left
+    out; ``UsageError`` naming file and line for any other line that is not a record."""
+    parsed = parse_jsonl(path)
+    records = _records(Path(path), parsed)
+    refs = references_in(records, parsed.references)
+    return with_references(records, refs), refs
 
 
 def load_records(path: Path) -> list[Record]:
-    """Every record in a JSONL file (an absent file has none), a torn last line left out.
-
-    Raises ``UsageError`` naming file and line for any other line that is not a record.
-    """
-    return _parse(Path(path))[0]
+    """Every record in a JSONL file (an absent file has none), references filled in and torn lines
+    left out (see ``load_folder``)."""
+    return load_folder(path)[0]
 
 
 def _free_corrupt_name(path: Path) -> Path:
@@ -313,25 +432,25 @@ def _free_corrupt_name(path: Path) -> Path:
     return copy
 
 
-def set_aside_torn_tail(path: Path) -> tuple[Path, int] | None:
-    """If ``path`` ends in a torn line, keep a copy of the file and drop that line from it.
+def set_aside_torn(path: Path) -> tuple[Path, tuple[int, ...]] | None:
+    """If ``path`` holds torn lines (anywhere), keep a copy of the file and drop them from it.
 
     Returns (the copy ``PATH.corrupt``, or ``PATH.corrupt.N`` when that exists already; the torn
-    line's number), or ``None`` when the file is sound. Call it holding ``locked(path)``.
+    lines' numbers), or ``None`` when the file is sound. Call it holding ``locked(path)``.
     """
     path = Path(path)
-    torn = _parse(path)[1]
-    if torn is None:
+    torn = parse_jsonl(path).torn
+    if not torn:
         return None
     copy = _free_corrupt_name(path)
     shutil.copyfile(path, copy)
-    lines = path.read_text(encoding="utf-8").splitlines()[:torn - 1]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    atomic_write_text(path, "".join(line + "\n" for i, line in enumerate(lines, 1) if i not in torn))
     return copy, torn
 
 
-def append_record(path: Path, record: Record, *, lock_held: bool = False) -> None:
-    """Append one record as one line, in one ``O_APPEND`` write, fsynced.
+def append_record(path: Path, record: Record | Reference, *, lock_held: bool = False) -> None:
+    """Append one record (or reference line) as one line, in one ``O_APPEND`` write, fsynced.
 
     Takes ``locked(path)`` unless the caller holds it already (``lock_held``), so concurrent
     appenders (several runs, or processes, into one folder) never lose or interleave a record.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.errors import UsageError
-from bench.records.results import BENCH_KEY, CONFIG, RESULTS
+from bench.records.results import BENCH_KEY, CONFIG, RESULTS, parse_jsonl, references_in, with_references
 
 ACCEPTED = "a run folder holding results.jsonl, a results .jsonl file, or a pytest-benchmark .json file"
 
@@ -37,26 +37,50 @@ class Loaded:
     sources: tuple[str, ...] = ()
 
 
+# The one list of a configuration's identity: the resolved preset's fields that determine a trained
+# model or its numbers (the training, what is protected and how ranks are allocated, how latency
+# is timed). The runner's folder check, the records' ``config_hash``, the checkpoint-free reports
+# and the suite all hash these and nothing else. Not in it: the methods, targets and seeds (a
+# folder holds several of each) and the training loop's speed options that change how fast, not
+# what (channels_last). A field missing from an older config.json is left out of its hash.
+IDENTITY = ("dataset", "model", "model_options", "budget", "device", "amp", "compile", "latency_rounds",
+            "throughput_batch", "protect", "allocation", "recipes", "chance_check")
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``IDENTITY`` fields of ``config`` as JSON holds them (a tuple and its list are equal), the
+    device by its kind: under torchrun rank r runs on cuda:r, and every rank must be one
+    configuration (or rank 1 finds "another configuration" in rank 0's folder)."""
+    key = json.loads(json.dumps({k: config[k] for k in IDENTITY if k in config}, default=str))
+    if isinstance(key.get("device"), str):
+        key["device"] = key["device"].partition(":")[0]
+    return key
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """The config hash of a resolved preset as stored in config.json: ``config["config_hash"]`` when
-    present, else the first 12 hex digits of the SHA-256 of the fields that determine a trained model
-    and its numbers. ``bench.catalog.presets.Preset.config_hash`` is this function of the preset's
-    fields, so the harness and a torch-free reader agree by construction."""
+    present, else the first 12 hex digits of the SHA-256 of its ``identity``.
+    ``bench.catalog.presets.Preset.config_hash`` is this function of the preset's fields, so the
+    harness and a torch-free reader agree by construction."""
     if config.get("config_hash"):
         return str(config["config_hash"])
-    key = {k: config.get(k) for k in ("dataset", "model", "model_options", "budget", "device", "amp")}
-    if isinstance(key["device"], str):
-        # The kind of device, not its index: under torchrun rank r runs on cuda:r, and every rank
-        # must hash one configuration (or rank 1 finds "another configuration" in rank 0's folder).
-        key["device"] = key["device"].partition(":")[0]
-    for k in ("protect", "allocation"):  # fields since issue 18: an older config.json lacks them
-        if k in config:
-            key[k] = list(config[k]) if k == "protect" else config[k]
-    if config.get("recipes"):  # only then, so that configurations without recipes keep their hashes
-        key["recipes"] = config["recipes"]
-    if config.get("chance_check") is False:
-        key["chance_check"] = False
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (``{"budget": {"lr": 0.1}}`` → ``{"budget.lr": 0.1}``)."""
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``budget.epochs 3 → 40, …``: where the identities of two resolved presets differ ("" when they do not)."""
+    a, b = flat(identity(old)), flat(identity(new))
+    return ", ".join(f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
 
 
 def with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -73,20 +97,12 @@ def with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> d
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records (dicts) of a results JSONL file; ``UsageError`` naming file and line for a line that
-    is not a JSON record."""
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path}:{i} is not a JSON record ({err.msg}); accepted: {ACCEPTED}") from None
-        if not isinstance(rec, dict) or "method" not in rec:
-            raise UsageError(f"{path}:{i} is not a result record (no 'method'); accepted: {ACCEPTED}")
-        out.append(rec)
-    return out
+    """The records (dicts) of a results JSONL file, each filled with its seed's reference where the
+    file holds one, torn lines left out (``bench.records.results.parse_jsonl``); ``UsageError``
+    naming file and line for any other line that is not a record."""
+    parsed = parse_jsonl(Path(path))
+    records = [d for _, d in parsed.records]
+    return with_references(records, references_in(records, parsed.references))
 
 
 def _cell(info: Mapping[str, Any]) -> tuple:

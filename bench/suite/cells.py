@@ -24,8 +24,7 @@ from bench.catalog.protocol import PLAIN
 from bench.catalog.registry import METHODS
 from bench.execution import job, measure
 from bench.execution.job import Built
-from bench.execution.runner import with_reference
-from bench.records.results import Record
+from bench.records.results import Record, reference_fields
 
 WARMUP_ROUNDS = 10  # as bench.execution.measure.latency
 # Timed on CPU at the records' fixed intra-op thread count, so that the suite's timings and the
@@ -127,8 +126,9 @@ class Suite:
                 if pretraining == PLAIN and group_out.dense_acc is not None:
                     self._refs[seed] = (group_out.dense_acc, group_out.dense_val_acc)
                 ref = self._refs.get(seed)
-                self._trained.update({(name, seed): replace(b, records=tuple(with_reference(r, ref) for r in b.records))
-                                      for name, b in group_out.built.items()})
+                self._trained.update({(name, seed): replace(b, records=tuple(
+                    replace(r, **reference_fields(r.acc, ref)) if r.status == "ok" else r for r in b.records))
+                    for name, b in group_out.built.items()})
             except Exception as err:  # cached: the group's other cells must not retrain to fail again
                 self._trained.update({(m.name, seed): err for m in group})
         got = self._trained[key]
