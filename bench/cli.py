@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench import frontend
     from bench.catalog import PRESETS
     from bench.execution import executors, runner
-    from bench.records.results import RESULTS
+    from bench.records.results import RESULTS, parse_jsonl
     from reports import comparison_table, render
 
     executor = executors.ExecutorConfig(kind=args.executor, cluster=args.cluster, slurm_partition=args.slurm_partition,
@@ -155,7 +155,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     dicts = [r.to_dict() for r in records]
     print(comparison_table(dicts))
-    path = render(dicts, out, config={**preset.to_dict(), "published": published})
+    references = [r.to_dict() for r in parse_jsonl(out / RESULTS).references]
+    path = render(dicts, out, config={**preset.to_dict(), "published": published}, references=references)
     print(f"report: {path}")
     print(f"records: {out / RESULTS}")
     return 0
@@ -169,7 +170,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"no records in {', '.join(args.sources)}; accepted: a run folder, results.jsonl "
                          "or pytest-benchmark JSON holding at least one record")
     path = render(loaded.records, Path(args.out), configs=loaded.configs, machines=loaded.machines,
-                  plots=not args.no_plots)
+                  plots=not args.no_plots, references=loaded.references)
     print(f"report: {path}")
     return 0
 

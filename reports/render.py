@@ -385,9 +385,18 @@ def _fmt(v: float | None, f: str) -> str:
     return "–" if v is None else format(v, f)
 
 
-def cost_lines(records: Sequence[Rec]) -> list[str]:
+def _reference_only(ok: Sequence[Rec], references: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The reference lines whose plain training no ok record carries (a reference-only job's)."""
+    plain = {(r.get("config_hash") or "", r["seed"]) for r in ok if r.get("pretrain_id") == "plain"}
+    hashes = {r.get("config_hash") or "" for r in ok}
+    return [ref for ref in references if (ref.get("config_hash") or "") in hashes
+            and ((ref.get("config_hash") or ""), ref["seed"]) not in plain and ref.get("train_steps") is not None]
+
+
+def cost_lines(records: Sequence[Rec], references: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """"Cost of the comparison": trainings run and shared, cache hits, and per method its
-    pre-training (once per seed), fine-tuning (once per target) and peak training memory.
+    pre-training (once per seed), fine-tuning (once per target) and peak training memory; with
+    ``references`` (reference lines), also the plain trainings made only to be the reference.
 
     A pre-training is identified by (config hash, ``pretrain_id``, seed): methods sharing a
     ``pretrain_id`` share one trained model, counted once in the totals; records without
@@ -449,6 +458,13 @@ def cost_lines(records: Sequence[Rec]) -> list[str]:
                  _fmt(pre_steps, ".0f"), _fmt(pre_s, ".1f"), str(len(rs)), f"{sum(fine_s):.1f}" if fine_s else "–",
                  _fmt(mem, ",.0f"), _fmt(fmem, ",.0f"), f"{sum(gpu):.0f}" if gpu else "–"]
         lines.append("| " + " | ".join(tables._md_escape(c) for c in cells) + " |")
+    extra = _reference_only(ok, references)
+    if extra:
+        steps, secs = sum(r["train_steps"] for r in extra), sum(r.get("train_wall_s") or 0.0 for r in extra)
+        total_steps, total_s = total_steps + steps, total_s + secs
+        lines += ["", f"Plus {len(extra)} plain training{'s' if len(extra) != 1 else ''} made only to be the reference "
+                  f"(no method of the run trains plainly): {steps:,} optimizer steps, {secs:.1f} s "
+                  f"({sum(bool(r.get('cached')) for r in extra)} from the checkpoint cache)."]
     lines += ["", f"In all: {total_steps:,} optimizer steps and {total_s:.1f} s of training"
               + ("" if timed else " (no record carries wall times)")
               + ", each shared pre-training counted once. Peak memory: the mean over seeds of CUDA "
@@ -460,14 +476,17 @@ def cost_lines(records: Sequence[Rec]) -> list[str]:
 
 def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] | None = None,
            configs: Sequence[Mapping[str, Any]] = (), title: str = DEFAULT_TITLE,
-           machines: Sequence[Mapping[str, Any]] = (), plots: bool = True) -> Path:
+           machines: Sequence[Mapping[str, Any]] = (), plots: bool = True,
+           references: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write the report folder for ``records`` (dicts as stored in results.jsonl); returns report.md's path.
 
     ``config`` / ``configs`` are the resolved presets of the runs (budget, published numbers;
     ``reports.sources.Loaded.configs``), matched to records by config hash; records of
     different config hashes become separate groups of every table and figure. ``machines`` is
     the pytest-benchmark machine_info of benchmark sources. ``plots=False`` skips the figures
-    (the only slow part: matplotlib). Never trains or measures; imports no torch.
+    (the only slow part: matplotlib). ``references`` are the reference lines of the sources
+    (``Loaded.references``), whose training the cost section counts where no record does.
+    Never trains or measures; imports no torch.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -515,7 +534,7 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
         c = by_hash.get(h)
         if c and c.get("published"):
             text += published_lines(records, c["published"], config={**c, "config_hash": h})
-    text += cost_lines(records)
+    text += cost_lines(records, references)
     text += [*protocol_lines(records, None, machines, configs=by_hash), "## All runs", "",
              tables.runs_markdown(records)]
     path = out_dir / "report.md"

@@ -260,6 +260,20 @@ def test_cost_counts_trainings_run_shared_and_cached_and_shows_peak_memory():
     assert "max_memory_allocated" in text
 
 
+def test_gpu_seconds_count_a_pre_training_once_per_seed_and_a_reference_only_training_too():
+    # Issue 19 item 12: gpu_s is one deployed model's pre-training plus its fine-tuning, so a sum over
+    # targets counted the pre-training once per target; and a plain training made only to be the
+    # reference (no method trains plainly) was missing from the cost.
+    recs = [rec("lorita-n3", 0.95, drop=drop, seed=0, pretrain_id="lorita-n3", pretrain_wall_s=10.0,
+                finetune_wall_s=1.0, gpu_s=11.0) for drop in (0.5, 0.7, 0.9)]
+    ref = {"kind": "reference", "config_hash": recs[0].get("config_hash") or "", "dataset": recs[0]["dataset"],
+           "model": recs[0]["model"], "seed": 0, "acc": 0.96, "train_steps": 289, "train_wall_s": 8.0, "cached": False}
+    text = "\n".join(cost_lines(recs, [ref]))
+    assert "| 3 | 3.0 | – | – | 13 |" in text  # 10 s of pre-training once + 3 × 1 s, not 3 × 11 s
+    assert "Plus 1 plain training made only to be the reference" in text and "289 optimizer steps, 8.0 s" in text
+    assert f"In all: {289 + 3 * 51 + 289:,} optimizer steps and {10 + 3 * 1 + 8:.1f} s of training" in text
+
+
 def test_recipes_are_stated_per_method(tmp_path):
     tuned = {"optimizer": "sgd", "lr": 0.01, "finetune_lr": 0.001, "weight_decay": 0.001, "schedule": "cosine",
              "label_smoothing": 0.1, "source": "tuned", "grid": {"lr": [0.01, 0.05]}}

@@ -20,7 +20,7 @@ from bench.catalog.budget import Target
 from bench.catalog.registry import METHODS, PRESETS
 from bench.cli import main
 from bench.execution import cache, executors, job, runner
-from bench.records.results import RESULTS, Record, append_record, clean_stale_temp, landing, load_records
+from bench.records.results import RESULTS, Record, append_record, clean_stale_temp, landing, load_records, parse_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run", "--preset", "quick", "--no-progress", "--epochs", "3", "--finetune-epochs", "1",
@@ -502,3 +502,13 @@ def test_ranks_that_do_not_all_load_a_checkpoint_train_from_the_fresh_weights(tm
     assert not second.cached
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # trained again from the same fresh weights, not on from the loaded ones
+
+
+def test_a_reference_only_training_is_a_reference_line_and_counted_in_the_cost(tmp_path, count_training):
+    # No method of the run trains plainly: the plain model is trained only to be the reference.
+    out = tmp_path / "run"
+    assert main([*TINY[:-6], "--methods", "lorita-n3", *TINY[-4:], "--out", str(out)]) == 0
+    (ref,) = parse_jsonl(out / RESULTS).references
+    (r,) = load_records(out / RESULTS)
+    assert ref.train_steps == r.pretrain_steps and r.ref_acc == ref.acc and not r.ref_pending
+    assert "Plus 1 plain training made only to be the reference" in (out / "report.md").read_text()

@@ -18,7 +18,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,11 +102,13 @@ class Finished:
     records: tuple[Record, ...] = ()
     dense_acc: float | None = None
     dense_val_acc: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # see JobResult
     error: str | None = None
 
     @classmethod
     def of(cls, job: TrainJob, result: JobResult) -> Finished:
-        return cls(job=job, records=result.records, dense_acc=result.dense_acc, dense_val_acc=result.dense_val_acc)
+        return cls(job=job, records=result.records, dense_acc=result.dense_acc, dense_val_acc=result.dense_val_acc,
+                   training=result.training)
 
 
 def require_submitit() -> ModuleType:

@@ -85,12 +85,15 @@ class JobResult:
     records: tuple[Record, ...]
     dense_acc: float | None = None
     dense_val_acc: float | None = None
+    # The trained model's cost: {"steps", "wall_s", "cached"} (empty when it trained nothing); the
+    # reference line keeps it, so a report counts a reference-only training too.
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Built:
     """What one (method, seed) built: a record per target, in the targets' order, and — when
-    ``run_method`` was asked to keep them — the dense reference and each ok target's deployed
+    ``run_group`` was asked to keep them — the dense reference and each ok target's deployed
     model (fine-tuned and finalized: exactly the model its record counts and times), with the
     dense model's spectra ({layer: σᵢ/σ₁ descending}, empty when the method was skipped)."""
 
@@ -111,6 +114,7 @@ class Group:
     built: dict[str, Built]
     dense_acc: float | None = None
     dense_val_acc: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,14 +176,7 @@ def run_job(job: TrainJob, data: Splits | None = None, *, progress: bool = False
     work = [(METHODS.get(name), list(targets)) for name, targets in job.work]
     group = run_group(preset, work, data, job.seed, progress=progress, cache_dir=Path(job.cache_dir))
     return JobResult(records=tuple(r for b in group.built.values() for r in b.records), dense_acc=group.dense_acc,
-                     dense_val_acc=group.dense_val_acc)
-
-
-def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
-               progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Built:
-    """Every record of one (method, seed): ``run_group`` for that method alone."""
-    return run_group(preset, [(method, targets)], data, seed, progress=progress, cache_dir=cache_dir,
-                     keep_models=keep_models).built[method.name]
+                     dense_val_acc=group.dense_val_acc, training=group.training)
 
 
 def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Splits, seed: int, *,
@@ -239,7 +236,8 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
         built[method.name] = Built(records=tuple(records), dense=dense.model if keep_models else None,
                                    deployed=deployed, spectra=dense.spectra)
     return Group(built={m.name: built[m.name] for m, _ in work}, dense_acc=dense.fields["base_acc"],
-                 dense_val_acc=dense.fields["base_val_acc"])
+                 dense_val_acc=dense.fields["base_val_acc"],
+                 training={"steps": trained.stats.steps, "wall_s": trained.stats.wall_s, "cached": trained.cached})
 
 
 def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits, calib: Calib, seed: int, *,

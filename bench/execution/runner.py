@@ -203,7 +203,9 @@ def _report(results: Path, finished: executors.Finished, echo: Callable[[str], N
         have, refs = load_folder(results)
         if job.pretraining == PLAIN and finished.dense_acc is not None:
             ref = Reference(config_hash=preset.config_hash(), dataset=preset.dataset, model=preset.model,
-                            seed=job.seed, acc=finished.dense_acc, val_acc=finished.dense_val_acc)
+                            seed=job.seed, acc=finished.dense_acc, val_acc=finished.dense_val_acc,
+                            train_steps=finished.training.get("steps"), train_wall_s=finished.training.get("wall_s"),
+                            cached=finished.training.get("cached"))
             if ref.key not in refs:
                 append_record(results, ref, lock_held=True)
                 refs[ref.key] = (ref.acc, ref.val_acc)

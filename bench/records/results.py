@@ -182,6 +182,11 @@ class Reference:
     seed: int
     acc: float
     val_acc: float | None = None
+    # What the plain training cost (its optimizer steps, wall time, whether it came from the
+    # checkpoint cache): a report counts it where no record carries it (a reference-only job).
+    train_steps: int | None = None
+    train_wall_s: float | None = None
+    cached: bool | None = None
 
     @property
     def key(self) -> tuple:

@@ -33,6 +33,8 @@ class Loaded:
 
     records: tuple[dict[str, Any], ...]
     configs: tuple[dict[str, Any], ...] = ()
+    # The reference lines of the JSONL sources (``bench.records.results.Reference`` as dicts).
+    references: tuple[dict[str, Any], ...] = ()
     machines: tuple[dict[str, Any], ...] = ()
     sources: tuple[str, ...] = ()
 
@@ -205,6 +207,7 @@ def load(sources: Iterable[str | Path]) -> Loaded:
     source for a missing path, an unreadable file or a file in neither format.
     """
     records: list[dict[str, Any]] = []
+    references: list[dict[str, Any]] = []
     configs: list[dict[str, Any]] = []
     machines: list[dict[str, Any]] = []
     names: list[str] = []
@@ -216,6 +219,7 @@ def load(sources: Iterable[str | Path]) -> Loaded:
                 raise UsageError(f"no {RESULTS} in folder {src}; accepted: {ACCEPTED}")
             recs = read_jsonl(p / RESULTS)
             records += recs
+            references += [r.to_dict() for r in parse_jsonl(p / RESULTS).references]
             if (p / CONFIG).is_file():
                 configs.append(with_hash(json.loads((p / CONFIG).read_text(encoding="utf-8")), recs))
         elif not p.is_file():
@@ -233,4 +237,6 @@ def load(sources: Iterable[str | Path]) -> Loaded:
                 machines.append(data["machine_info"])
         else:
             records += read_jsonl(p)
-    return Loaded(records=tuple(records), configs=tuple(configs), machines=tuple(machines), sources=tuple(names))
+            references += [r.to_dict() for r in parse_jsonl(p).references]
+    return Loaded(records=tuple(records), configs=tuple(configs), machines=tuple(machines), sources=tuple(names),
+                  references=tuple(references))

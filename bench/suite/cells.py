@@ -1,6 +1,6 @@
 """The suite's cells, its session cache of trained models, and the timed forward pass.
 
-Training and measuring go through ``bench.execution.job.run_method`` itself, so a cell's record
+Training and measuring go through ``bench.execution.job.run_group`` itself, so a cell's record
 is exactly what ``lorita-bench run`` writes for it; the job hands back the dense and deployed
 models its records describe, and pytest-benchmark times exactly those.
 """
