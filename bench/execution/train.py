@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ class TrainStats:
     best_val_acc: float = float("nan")  # with keep_best: the best validation accuracy of any epoch
     best_epoch: int = 0  # with keep_best: the epoch (1-based) that reached it
     # Peak memory of this training's steps in MiB: CUDA ``max_memory_allocated`` on a GPU, the
-    # process's peak resident size (VmHWM, reset at each epoch's steps) on CPU, less what the process
-    # grew by between the steps (validation, the best epoch's copy); None where neither can be read.
+    # process's peak resident size (VmHWM, reset after each validation pass) on CPU, less what the
+    # process grew by outside the steps (validation, the best epoch's copy); None where unreadable.
     peak_mem_mb: float | None = None
     # Σₜ lrₜ over the optimizer steps taken: with the budget's weight decay and momentum, the decay
     # budget (``bench.catalog.budget.decay_budget``) this training gave weight decay to act
@@ -164,12 +164,13 @@ def _current_mb(device: torch.device) -> float | None:
 
 
 class _Window:
-    """Wall time and peak memory of the training steps alone, over every span it is entered for.
+    """Wall time and peak memory of the training steps alone: open while training runs, closed
+    (``outside``) for anything else.
 
-    Whatever runs between the spans (the validation pass, the best epoch's copy, a progress
-    line) is outside both figures, so they mean the same with or without progress shown,
-    ``keep_best`` or an executor. What the process grew by between spans is taken off the
-    peak of the later spans: it was allocated for something other than the steps.
+    What runs outside (the validation pass, the best epoch's copy, a progress bar) is in neither
+    figure, so they mean the same with or without progress shown, ``keep_best`` or an executor.
+    What the process grew by while the window was closed is taken off the peak of the later
+    spans: it was allocated for something other than the steps.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -195,6 +196,15 @@ class _Window:
         peak, self._closed_at = peak_memory_mb(self.device), _current_mb(self.device)
         if peak is not None:
             self.peak_mb = max(self.peak_mb or 0.0, peak - self._outside_mb)
+
+    @contextlib.contextmanager
+    def outside(self) -> Iterator[None]:
+        """The window closed for the block: it holds neither the block's time nor its memory."""
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
 
 def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: float, seed: int,
@@ -228,20 +238,21 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     window, log = _Window(device), _Log()
     bar = progress_out.bar(epochs, desc=desc, unit="ep", leave=False) if progress and epochs > 0 else None
     model.train()
-    for epoch in range(epochs):
-        with window:
+    with window:
+        for epoch in range(epochs):
             loss_sum, done, epoch_lrs = _epoch(loop)
-        log.steps, log.lr_sum = log.steps + done, log.lr_sum + epoch_lrs
-        log.losses.append(float(loss_sum) / max(1, per_epoch))
-        # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
-        if not distributed.agree(math.isfinite(log.losses[-1]), device):
-            raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {log.steps})",
-                                   curve={"loss": log.losses, "val_acc": log.vals})
-        if bar is not None or keep_best:
-            log.validate(model, data, epoch, keep_best=keep_best)
-        if bar is not None:
-            bar.set_postfix(loss=f"{log.losses[-1]:.3f}", val_acc=f"{log.val_acc:.3f}")
-            bar.update()
+            log.steps, log.lr_sum = log.steps + done, log.lr_sum + epoch_lrs
+            log.losses.append(float(loss_sum) / max(1, per_epoch))
+            # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
+            if not distributed.agree(math.isfinite(log.losses[-1]), device):
+                raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {log.steps})",
+                                       curve={"loss": log.losses, "val_acc": log.vals})
+            if bar is not None or keep_best:
+                with window.outside():
+                    log.validate(model, data, epoch, keep_best=keep_best)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{log.losses[-1]:.3f}", val_acc=f"{log.val_acc:.3f}")
+                        bar.update()
     if bar is not None:
         bar.close()
     elif progress and epochs > 0:  # outside a terminal: one line per training instead of a bar
