@@ -88,8 +88,6 @@ BASELINES: dict[str, Baseline] = {
                        paper="Li et al., Revisiting Random Channel Pruning, CVPR 2022"),
 }
 
-HESSIAN_SAMPLES = 32  # per-sample backward passes for the OBD diagonal estimate
-
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -151,7 +149,8 @@ def _gradients(model: nn.Module, importance: tp.importance.Importance, kind: str
         F.cross_entropy(model(x), y).backward()
     else:
         importance.zero_grad()  # with nothing accumulated, the Hessian criterion reads each .grad
-        _mean_squared_gradients(model, x[:HESSIAN_SAMPLES], y[:HESSIAN_SAMPLES])
+        # Every calibration sample, as Taylor uses them all: one backward pass per sample.
+        _mean_squared_gradients(model, x, y)
 
 
 def _mean_squared_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

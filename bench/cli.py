@@ -320,8 +320,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tune", action="store_true", help="choose each method's recipe on the validation split: "
                      "every method runs every point of one grid (--tune-grid; default: weight decay at 1/3, 1 and 3 "
                      "times the preset's) and keeps its best; the steps stay the same (default: off)")
-    run.add_argument("--tune-grid", metavar="FIELD=V,…;…", help="the grid --tune searches, e.g. "
-                     "'weight_decay=1e-4,1e-3;lr=0.01,0.05' (default: weight decay ×1/3, ×1, ×3)")
+    run.add_argument("--tune-grid", metavar="FIELD=V,…;…", help="the grid --tune searches, each value typed as the "
+                     "budget field it sets, e.g. 'weight_decay=1e-4,1e-3;nesterov=true,false;milestones=0.5/0.75,0.3' "
+                     "(default: weight decay ×1/3, ×1, ×3)")
     _add_executor_options(run)
     run.set_defaults(fn=_cmd_run)
 

@@ -247,7 +247,8 @@ def protocol_lines(records: Sequence[Rec], config: Mapping[str, Any] | None,
                if sources == {"pytest-benchmark"} else
                "the runner (median of several rounds after warm-up)" if sources == {"runner"} else
                "pytest-benchmark where the benchmark JSON had both timings, else the runner")
-        ab = [r.get("speedup_b1") is not None for r in ok]
+        # A speed-up read from a benchmark JSON is the ratio of pytest-benchmark's medians, not A/B.
+        ab = [r.get("speedup_b1") is not None and r.get("latency_source") != "pytest-benchmark" for r in ok]
         if any(ab):
             lines.append("- Speed-up: dense and deployed models timed in alternating rounds in one process (A/B, so "
                          "drift hits both), the median of the per-round ratios dense/deployed with a 95 % bootstrap "

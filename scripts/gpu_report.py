@@ -46,14 +46,20 @@ def steps_table(steps: list[dict[str, Any]]) -> list[str]:
 
 
 def epoch_lines(preset: str, records: list[dict[str, Any]], epochs: int, finetune: int) -> list[str]:
-    pre = {}
+    pre: dict[str, tuple[float, float | None]] = {}
+    train_epochs = epochs - finetune
     for r in records:
-        if r.get("status") == "ok" and r.get("pretrain_wall_s") and epochs - finetune > 0:
-            pre.setdefault(r["method"], r["pretrain_wall_s"] / (epochs - finetune))
+        if r.get("status") == "ok" and r.get("pretrain_wall_s") and train_epochs > 0:
+            val = r.get("pretrain_val_wall_s")
+            pre.setdefault(r["method"], (r["pretrain_wall_s"] / train_epochs,
+                                         val / train_epochs if val is not None else None))
     if not pre:
         return []
-    return [f"- {preset}: epoch time (pre-training wall time / {epochs - finetune} epochs, evaluation of the "
-            "validation split included): " + ", ".join(f"{m} {s:.1f} s" for m, s in pre.items())]
+    # Records before pretrain_val_wall_s timed the validation pass inside the training time.
+    return [f"- {preset}: epoch time (pre-training steps' wall time / {train_epochs} epochs; the validation "
+            "pass timed apart, where recorded): " + ", ".join(
+                f"{m} {s:.2f} s" + (f" + {v:.2f} s validation" if v is not None else " (validation included)")
+                for m, (s, v) in pre.items())]
 
 
 def _speedup(r: dict[str, Any], batch: str) -> str:

@@ -167,16 +167,24 @@ def test_hessian_importance_averages_every_per_sample_squared_gradient():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
-    # Independent OBD diagonal: the mean over samples of each weight's squared gradient.
-    h = [torch.zeros_like(model[0].weight), torch.zeros_like(model[2].weight)]
-    for i in range(len(x)):
-        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
-        for acc, g in zip(h, torch.autograd.grad(loss, [model[0].weight, model[2].weight]), strict=True):
-            acc += g.pow(2) / len(x)
-    # Saliency of hidden unit c: its row of layer 1 plus its column of layer 2 (the group's two members).
-    with torch.no_grad():
-        expected = (model[0].weight ** 2 * h[0]).sum(1) + (model[2].weight ** 2 * h[1]).sum(0)
+    # More samples than the 32 the criterion once stopped at, the last ones unlike the first.
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    x[32:] *= 4
+
+    def saliency(n):
+        # Independent OBD diagonal: the mean over n samples of each weight's squared gradient.
+        h = [torch.zeros_like(model[0].weight), torch.zeros_like(model[2].weight)]
+        for i in range(n):
+            loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+            for acc, g in zip(h, torch.autograd.grad(loss, [model[0].weight, model[2].weight]), strict=True):
+                acc += g.pow(2) / n
+        # Saliency of hidden unit c: its row of layer 1 plus its column of layer 2 (the group's two members).
+        with torch.no_grad():
+            s = (model[0].weight ** 2 * h[0]).sum(1) + (model[2].weight ** 2 * h[1]).sum(0)
+        return s / s.sum()
+
+    expected = saliency(40)
+    assert not torch.allclose(saliency(32), expected, rtol=1e-2)  # the last 8 samples matter here
 
     importance = pruning.BASELINES["hessian"].importance()
     pruning._gradients(model, importance, "hessian", x, y)
@@ -184,7 +192,7 @@ def test_hessian_importance_averages_every_per_sample_squared_gradient():
         model[0], tp.prune_linear_out_channels, idxs=list(range(5)))
     got = importance(group)
     # The criterion's group mean and mean normalizer scale every unit alike.
-    assert torch.allclose(got / got.sum(), expected / expected.sum(), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(got / got.sum(), expected, rtol=1e-4, atol=1e-7)
 
 
 def _vit_pruned_with_heads(name, *, heads, depth, drop):

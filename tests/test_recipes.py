@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from bench.catalog import PRESETS
-from bench.catalog.budget import Target
+from bench.catalog.budget import RECIPE_FIELDS, Target
 from bench.catalog.protocol import PLAIN
 from bench.catalog.registry import METHODS
 from bench.cli import main
@@ -67,17 +67,51 @@ def test_records_carry_each_methods_recipe_and_the_budget_rule_still_holds(tmp_p
 def test_tune_picks_each_methods_recipe_by_validation_accuracy_from_one_grid(tmp_path):
     grid = {"weight_decay": (0.0, 0.01)}
     seen = []
-    tuned = tune.tune(TINY.override(methods=("lorita-n1", "l1-filter")), tmp_path, grid, progress=False,
-                      echo=seen.append, cache_dir=tmp_path / "c")
+    # l1-filter's own recipe (momentum 0.8) stays under every point: a point sets what it names.
+    own = {"lorita-n1": {}, "l1-filter": {"momentum": 0.8}}
+    tuned = tune.tune(TINY.override(methods=("lorita-n1", "l1-filter"), recipes={"l1-filter": own["l1-filter"]}),
+                      tmp_path, grid, progress=False, echo=seen.append, cache_dir=tmp_path / "c")
     assert tuned.recipe_source == "tuned" and tuned.tune_grid == grid
     for method in ("lorita-n1", "l1-filter"):
         scores = {}
         for folder in (tmp_path / tune.TUNE_FOLDER).glob(f"{method}-*"):
             (r,) = load_records(folder / "results.jsonl")
-            scores[json.loads((folder / "config.json").read_text())["recipes"][method]["weight_decay"]] = r.val_acc
+            recipe = json.loads((folder / "config.json").read_text())["recipes"][method]
+            assert recipe == {**own[method], "weight_decay": recipe["weight_decay"]}
+            assert r.recipe["momentum"] == own[method].get("momentum", TINY.budget.momentum)
+            scores[recipe["weight_decay"]] = r.val_acc
         assert len(scores) == 2  # every method searched the same two points
         best = max(scores, key=lambda wd: (scores[wd], -list(grid["weight_decay"]).index(wd)))
-        assert tuned.recipes[method] == {"weight_decay": best}
+        assert tuned.recipes[method] == {**own[method], "weight_decay": best}
+
+
+@pytest.mark.parametrize(("text", "grid"), [
+    ("nesterov=True,false", {"nesterov": (True, False)}),  # booleans, not two truthy strings
+    ("milestones=0.5/0.75,0.3", {"milestones": ((0.5, 0.75), (0.3,))}),
+    ("gamma=0.2;schedule=step,cosine", {"gamma": (0.2,), "schedule": ("step", "cosine")}),
+])
+def test_a_tuning_grid_is_typed_by_the_budget_field_it_sets(text, grid):
+    assert tune.parse_grid(text) == grid
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("nesterov=maybe", "nesterov='maybe'; accepted: true or false"),
+    ("milestones=0.5/x", "milestones='0.5/x'; accepted: numbers joined by '/'"),
+    ("milestones=1.5", r"milestones=\(1.5,\); accepted: a tuple of fractions"),
+    ("lr=fast", "lr='fast'; accepted: a number"),
+    ("gamma=2", "gamma=2.0; accepted: a number in"),
+])
+def test_a_tuning_grid_value_of_the_wrong_type_or_range_is_one_line_usage_error(text, needle):
+    with pytest.raises(UsageError, match=needle) as err:
+        tune.parse_grid(text)
+    assert "\n" not in str(err.value)
+
+
+def test_records_state_every_field_a_recipe_or_grid_may_set():
+    p = TINY.override(recipes={"l1-filter": {"nesterov": False, "milestones": (0.3,), "gamma": 0.5}})
+    recipe = p.recipe_of(METHODS.get("l1-filter"))
+    assert set(RECIPE_FIELDS) <= set(recipe)
+    assert (recipe["nesterov"], recipe["milestones"], recipe["gamma"]) == (False, [0.3], 0.5)
 
 
 def test_cli_tune_records_the_grid_and_the_choice(tmp_path, capsys):
@@ -89,6 +123,7 @@ def test_cli_tune_records_the_grid_and_the_choice(tmp_path, capsys):
     assert r.recipe["source"] == "tuned" and r.recipe["grid"] == {"weight_decay": [0.0, 0.01]}
     assert "tuned: lorita-n1 {'weight_decay':" in capsys.readouterr().err
     assert main([*args[:-2], "--tune-grid", "epochs=1,2"]) == 2  # a grid may not change the steps
+    assert main([*args[:-2], "--tune-grid", "milestones=0.5/x"]) == 2  # a one-line error, not a traceback
 
 
 def test_report_says_when_lorita_trained_with_decoupled_weight_decay():

@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.records.sources import from_benchmark_json, load
 from reports import render
 from reports.plots import pareto_front
-from reports.tables import iso_accuracy, rows
+from reports.tables import iso_accuracy, rows, speedup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = "sparse weights run on dense kernels: no speed-up claimed"
@@ -252,6 +252,10 @@ def test_benchmark_json_reads_as_records_timed_by_pytest_benchmark():
         assert r["latency_ms"] == pytest.approx(0.010) and r["latency_dense_ms"] == pytest.approx(0.030)
         assert r["throughput_ms"] == pytest.approx(0.100) and r["throughput_dense_ms"] == pytest.approx(0.300)
         assert r["latency_source"] == "pytest-benchmark" and "timed" not in r
+        # The speed-up beside them is their ratio, not the runner's A/B one (timed on other latencies).
+        assert r["speedup_b1"] == pytest.approx(3.0) and r["speedup_bT"] == pytest.approx(3.0)
+        assert speedup(r, "1") == pytest.approx(3.0) and speedup(r, "T") == pytest.approx(3.0)
+        assert r["speedup_b1_lo"] is None and r["speedup_bT_hi"] is None  # unpaired: no interval
 
 
 def test_cli_report_renders_from_benchmark_json_and_jsonl(tmp_path, capsys):
@@ -263,6 +267,7 @@ def test_cli_report_renders_from_benchmark_json_and_jsonl(tmp_path, capsys):
     text = (tmp_path / "R" / "report.md").read_text()
     assert "Machine: CPU Test CPU (2 cores), torch 2.14.1" in text and "20 epochs in all" in text
     assert "pytest-benchmark where the benchmark JSON had both timings, else the runner" in text
+    assert "Records without the A/B timing: dense latency / deployed latency" in text  # the JSON's cells
     (tmp_path / "bad.json").write_text("{}")
     assert main(["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "X")]) == 2
     assert "is not a pytest-benchmark JSON file" in capsys.readouterr().err

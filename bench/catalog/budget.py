@@ -59,7 +59,10 @@ class Budget:
         need(self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "a number > 0")
         need(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        need(all(0 < m < 1 for m in self.milestones), "milestones", self.milestones, "fractions in (0, 1)")
+        need(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
+        need(isinstance(self.milestones, tuple) and all(isinstance(m, int | float) and not isinstance(m, bool)
+                                                       and 0 < m < 1 for m in self.milestones),
+             "milestones", self.milestones, "a tuple of fractions in (0, 1)")
         need(0 < self.gamma <= 1, "gamma", self.gamma, "a number in (0, 1]")
         need(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
 

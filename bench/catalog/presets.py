@@ -113,11 +113,11 @@ class Preset:
         return method.pretraining() if before == self.budget else f"{method.pretraining()}@{before.digest()}"
 
     def recipe_of(self, method: Method) -> dict[str, Any]:
-        """The optimizer settings ``method`` used, as records and reports show them."""
+        """The optimizer settings ``method`` used, as records and reports show them: every field a
+        recipe or a tuning grid may set (``RECIPE_FIELDS``), its source and the grid."""
         b = self.budget_for(method)
-        return {"optimizer": b.optimizer, "lr": b.lr, "finetune_lr": b.finetune_lr, "momentum": b.momentum,
-                "weight_decay": b.weight_decay, "schedule": b.schedule, "label_smoothing": b.label_smoothing,
-                "source": self.recipe_source if (method.family in self.recipes or method.name in self.recipes)
+        fields = {f: list(v) if isinstance(v := getattr(b, f), tuple) else v for f in RECIPE_FIELDS}
+        return {**fields, "source": self.recipe_source if (method.family in self.recipes or method.name in self.recipes)
                 else "preset budget", "grid": {k: list(v) for k, v in self.tune_grid.items()} or None}
 
     def speed(self) -> dict[str, bool]:

@@ -259,16 +259,17 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
     del probe
     # The validation-selected epoch's weights ride along in a second checkpoint: the protocol
     # compresses the last epoch's model, the report also shows the best-on-validation one.
-    best = copy.deepcopy(model)
     best_path = path.with_suffix(".best.pt") if path is not None else None
     if meta is not None:
         stats = TrainStats(**meta["stats"])
+        best = copy.deepcopy(model)
         has_best = cache.load(best_path, best, key=key, steps=steps) is not None
         log.info("%s seed %d: trained model from cache %s", method.name, seed, path)
     else:
         stats = train(model, data, budget, epochs=budget.train_epochs, lr=budget.lr, seed=seed,
                       progress=progress, desc=f"{method.name} s{seed} train",
                       after_backward=method.regularizer(model, calib), keep_best=True, **preset.speed())
+        best = copy.deepcopy(model)  # only now: a copy alive during training would count in its peak memory
         has_best = stats.best_state is not None
         if has_best:
             best.load_state_dict(stats.best_state)
@@ -304,6 +305,7 @@ def measure_dense(preset: Preset, method: Method, trained: Trained, data: Splits
         "base_acc": acc, "base_acc_top5": top5, "base_val_acc": val, "base_acc_val_selected": trained.best_acc,
         "best_val_epoch": stats.best_epoch or None, "dense_params": params, "dense_macs": macs,
         "spectra": spectra, "pretrain_steps": stats.steps, "pretrain_wall_s": stats.wall_s,
+        "pretrain_val_wall_s": stats.val_wall_s,
         "pretrain_cached": trained.cached, "pretrain_curve": stats.curve(),
         "pretrain_decay_budget": decay_budget(preset.budget_for(method), stats.lr_sum)})
 

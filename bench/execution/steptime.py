@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import time
@@ -94,7 +95,9 @@ def paired(a: Step, b: Step, device: torch.device | str, *, rounds: int = 15, wa
 
 
 def peak_step_memory_mb(step: Step, device: torch.device) -> float | None:
-    """CUDA peak memory (MiB) of one step after the model's state exists; None on CPU."""
+    """CUDA peak memory (MiB) of one call of ``step``; None on CPU. Whatever else is allocated on
+    the device counts too: call it where only the measured model is alive, after a first step
+    (so that its gradients and optimizer state exist)."""
     if device.type != "cuda":
         return None
     torch.cuda.synchronize(device)
@@ -104,23 +107,43 @@ def peak_step_memory_mb(step: Step, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def _alone_peak_mb(make: Callable[[], Step], device: torch.device, *, compiled: bool) -> float | None:
+    """``peak_step_memory_mb`` of a step built by ``make`` with nothing of another model alive:
+    built, stepped once (optimizer state, compilation), measured, then freed before returning."""
+    step = make()
+    step()
+    peak = peak_step_memory_mb(step, device)
+    del step
+    if compiled:
+        torch._dynamo.reset()  # its cache of compiled code may hold the model's parameters
+    gc.collect()
+    return peak
+
+
 def n_vs_1(model_name: str, n: int, *, device: str, batch_size: int, input_shape: tuple[int, ...] = (1, 32, 32),
            num_classes: int = 10, options: dict | None = None, compile: bool = False, rounds: int = 15,
            steps_per_round: int = 1, amp: bool = True, channels_last: bool = True) -> dict:
-    """N-factor LoRITa against N=1 on ``model_name``: paired step times and each one's peak memory."""
+    """N-factor LoRITa against N=1 on ``model_name``: paired step times and each one's peak memory.
+
+    Each peak is measured with only its own model, gradients and optimizer state on the device
+    (the other model is built after the first is freed); the paired timing then builds both again.
+    """
     dev = torch.device(device)
     torch.manual_seed(0)
     x = torch.randn(batch_size, *input_shape, device=dev)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    steps = []
-    for factors in (1, n):
+
+    def make(factors: int) -> Step:
         torch.manual_seed(0)
         model = build(model_name, num_classes, input_shape, options or {})
         model = lorita.overparameterize(model, factors) if factors > 1 else model
-        steps.append(training_step(model.to(dev), x, y, amp=amp, channels_last=channels_last, compile=compile))
-    # The first calls compile (with compile=True) and allocate optimizer state outside the timing.
-    memory = [peak_step_memory_mb(s, dev) for s in steps]
-    p = paired(steps[0], steps[1], dev, rounds=rounds, steps_per_round=steps_per_round)
+        return training_step(model.to(dev), x, y, amp=amp, channels_last=channels_last, compile=compile)
+
+    memory = [None, None]
+    if dev.type == "cuda":
+        memory = [_alone_peak_mb(lambda f=f: make(f), dev, compiled=compile) for f in (1, n)]
+    # The warm-up rounds compile (with compile=True) and allocate optimizer state outside the timing.
+    p = paired(make(1), make(n), dev, rounds=rounds, steps_per_round=steps_per_round)
     return {"model": model_name, "options": options or {}, "n": n, "batch_size": batch_size, "device": device,
             "amp": amp and dev.type == "cuda", "channels_last": channels_last and dev.type == "cuda",
             "compile": compile, **asdict(p), "peak_mem_n1_mb": memory[0], "peak_mem_n_mb": memory[1]}

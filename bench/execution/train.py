@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,14 @@ from bench.records.errors import TrainingDiverged
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainStats:
     steps: int
-    wall_s: float
+    wall_s: float  # the optimizer steps alone: no validation pass, no best-epoch copy (``_Window``)
     final_loss: float
     val_acc: float  # after the last epoch when progress was shown or keep_best, else NaN (not computed)
     best_val_acc: float = float("nan")  # with keep_best: the best validation accuracy of any epoch
     best_epoch: int = 0  # with keep_best: the epoch (1-based) that reached it
-    # Peak memory of this training in MiB: CUDA ``max_memory_allocated`` on a GPU, the process's
-    # peak resident size (VmHWM, reset at the start) on CPU; None where neither can be read.
+    # Peak memory of this training's steps in MiB: CUDA ``max_memory_allocated`` on a GPU, the
+    # process's peak resident size (VmHWM, reset after each validation pass) on CPU, less what the
+    # process grew by outside the steps (validation, the best epoch's copy); None where unreadable.
     peak_mem_mb: float | None = None
     # Σₜ lrₜ over the optimizer steps taken: with the budget's weight decay and momentum, the decay
     # budget (``bench.catalog.budget.decay_budget``) this training gave weight decay to act
@@ -49,6 +50,9 @@ class TrainStats:
     val_curve: tuple[float, ...] = ()
     # With keep_best: that epoch's weights (the validation-selected model); never cached in meta.
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    # The validation passes (per epoch with keep_best or a progress bar, once for a progress line),
+    # timed apart from ``wall_s``; 0 when none ran.
+    val_wall_s: float = 0.0
 
     def curve(self) -> dict[str, list[float]]:
         """The per-epoch curve as a record stores it: {"loss": […], "val_acc": […]}."""
@@ -126,10 +130,19 @@ def augment_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> to
     One random shift and flip per image, drawn on the CPU generator (reproducible on any
     device); the crop is a gather on ``x``'s device.
     """
+    dy, dx, flip = (t.to(x.device) for t in _crop_flip_draws(len(x), gen, pad))
+    return _crop_flip(x, dy, dx, flip, pad)
+
+
+def _crop_flip_draws(n: int, gen: torch.Generator, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shifts and flips of ``n`` images, drawn from ``gen`` in one fixed order (dy, dx, flip)."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    return dy, dx, torch.rand(n, generator=gen) < 0.5
+
+
+def _crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
     n, _, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n × h
     cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n × w
@@ -137,6 +150,61 @@ def augment_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> to
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n × h × w × c
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _current_mb(device: torch.device) -> float | None:
+    """Memory held now, in the unit ``peak_memory_mb`` reads its peak in (allocated on CUDA, resident on CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+
+
+class _Window:
+    """Wall time and peak memory of the training steps alone: open while training runs, closed
+    (``outside``) for anything else.
+
+    What runs outside (the validation pass, the best epoch's copy, a progress bar) is in neither
+    figure, so they mean the same with or without progress shown, ``keep_best`` or an executor.
+    What the process grew by while the window was closed is taken off the peak of the later
+    spans: it was allocated for something other than the steps.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.wall_s, self.peak_mb = device, 0.0, None
+        self._outside_mb, self._closed_at, self._start = 0.0, None, 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # the steps queued on the GPU belong to the span that queued them
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> _Window:
+        self._sync()
+        now = _current_mb(self.device)
+        if self._closed_at is not None and now is not None:
+            self._outside_mb += max(0.0, now - self._closed_at)
+        _reset_peak_memory(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.wall_s += time.perf_counter() - self._start
+        peak, self._closed_at = peak_memory_mb(self.device), _current_mb(self.device)
+        if peak is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, peak - self._outside_mb)
+
+    @contextlib.contextmanager
+    def outside(self) -> Iterator[None]:
+        """The window closed for the block: it holds neither the block's time nor its memory."""
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
 
 def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: float, seed: int,
@@ -155,60 +223,96 @@ def train(model: nn.Module, data: Splits, budget: Budget, *, epochs: int, lr: fl
     ``torchrun`` each rank trains on its share of every batch through DDP (``bench.execution.distributed``).
     ``keep_best`` evaluates the validation split after every epoch and returns the weights
     of the best epoch beside the last ones: the honest "best epoch", chosen on validation,
-    never on test. Raises ``TrainingDiverged`` on a non-finite loss.
+    never on test. ``wall_s`` and ``peak_mem_mb`` hold the optimizer steps only (``_Window``);
+    validation passes are timed apart in ``val_wall_s``. Raises ``TrainingDiverged`` on a non-finite loss.
     """
-    n = len(data.train_x)
     device = data.train_x.device
-    cuda = device.type == "cuda"
-    per_epoch = steps_per_epoch(n, budget.batch_size)
-    opt = _optimizer(model, budget, lr)
-    sched = _scheduler(opt, budget, lr, epochs, per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    nhwc = cuda and channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    nhwc = device.type == "cuda" and channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if nhwc:
         model.to(memory_format=torch.channels_last)
-    forward = _forward(model, device, compile)
-    _reset_peak_memory(device)
-    start, steps, loss_value, val_acc, lrs = time.perf_counter(), 0, float("nan"), float("nan"), 0.0
-    losses: list[float] = []
-    vals: list[float] = []
-    best_val_acc, best_epoch, best_state = float("nan"), 0, None
-    show = progress and epochs > 0
-    bar = progress_out.bar(epochs, desc=desc, unit="ep", leave=False) if show else None
+    per_epoch = steps_per_epoch(len(data.train_x), budget.batch_size)
+    opt = _optimizer(model, budget, lr)
+    loop = _Loop(model=model, forward=_forward(model, device, compile), data=data, budget=budget, opt=opt,
+                 sched=_scheduler(opt, budget, lr, epochs, per_epoch), gen=torch.Generator().manual_seed(seed),
+                 nhwc=nhwc, bf16=device.type == "cuda" and amp, after_backward=after_backward)
+    window, log = _Window(device), _Log()
+    bar = progress_out.bar(epochs, desc=desc, unit="ep", leave=False) if progress and epochs > 0 else None
     model.train()
-    for epoch in range(epochs):
-        loss_sum, done, epoch_lrs = _epoch(model, forward, data, budget, opt, sched, gen, nhwc=nhwc,
-                                           bf16=cuda and amp, after_backward=after_backward)
-        steps += done
-        lrs += epoch_lrs
-        loss_value = float(loss_sum) / max(1, per_epoch)
-        losses.append(loss_value)
-        # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
-        if not distributed.agree(math.isfinite(loss_value), device):
-            raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {steps})",
-                                   curve={"loss": losses, "val_acc": vals})
-        if bar is not None or keep_best:
-            val_acc = accuracy(model, data.val_x, data.val_y)
-            vals.append(val_acc)
-        if keep_best and not val_acc <= best_val_acc:  # ties keep the earlier epoch; NaN best = none yet
-            best_val_acc, best_epoch = val_acc, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", val_acc=f"{val_acc:.3f}")
-            bar.update()
+    with window:
+        for epoch in range(epochs):
+            loss_sum, done, epoch_lrs = _epoch(loop)
+            log.steps, log.lr_sum = log.steps + done, log.lr_sum + epoch_lrs
+            log.losses.append(float(loss_sum) / max(1, per_epoch))
+            # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
+            if not distributed.agree(math.isfinite(log.losses[-1]), device):
+                raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1} (by step {log.steps})",
+                                       curve={"loss": log.losses, "val_acc": log.vals})
+            if bar is not None or keep_best:
+                with window.outside():
+                    log.validate(model, data, epoch, keep_best=keep_best)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{log.losses[-1]:.3f}", val_acc=f"{log.val_acc:.3f}")
+                        bar.update()
     if bar is not None:
         bar.close()
-    elif show:  # outside a terminal: one line per training instead of a bar
+    elif progress and epochs > 0:  # outside a terminal: one line per training instead of a bar
         if not keep_best:
-            val_acc = accuracy(model, data.val_x, data.val_y)
-        progress_out.line(f"{desc}: {epochs} ep, {steps} steps, loss {loss_value:.3f}, val_acc {val_acc:.3f}, "
-                          f"{time.perf_counter() - start:.1f}s")
+            log.validate(model, data, epochs - 1, keep_best=False, record=False)
+        progress_out.line(f"{desc}: {epochs} ep, {log.steps} steps, loss {log.losses[-1]:.3f}, val_acc "
+                          f"{log.val_acc:.3f}, {window.wall_s:.1f}s training, {log.val_wall_s:.1f}s validation")
     if nhwc:
         model.to(memory_format=torch.contiguous_format)
-    return TrainStats(steps=steps, wall_s=time.perf_counter() - start, final_loss=loss_value, val_acc=val_acc,
-                      best_val_acc=best_val_acc, best_epoch=best_epoch, best_state=best_state,
-                      peak_mem_mb=peak_memory_mb(device), lr_sum=lrs, loss_curve=tuple(losses),
-                      val_curve=tuple(vals))
+    return log.stats(window)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Loop:
+    """What every epoch of one training steps with: the model, its forward (DDP, compiled), the
+    data, the budget, the optimizer and schedule, the shuffling and augmentation generator."""
+
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    data: Splits
+    budget: Budget
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    nhwc: bool
+    bf16: bool
+    after_backward: Callable[[nn.Module], None] | None
+
+
+@dataclass(slots=True)
+class _Log:
+    """What a training has done so far: steps, Σ lr, the curves, the best epoch and its weights."""
+
+    steps: int = 0
+    lr_sum: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    vals: list[float] = field(default_factory=list)
+    val_acc: float = float("nan")
+    val_wall_s: float = 0.0
+    best_val_acc: float = float("nan")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def validate(self, model: nn.Module, data: Splits, epoch: int, *, keep_best: bool, record: bool = True) -> None:
+        """Validation accuracy after ``epoch`` (0-based), timed apart; with ``keep_best`` a copy of a best epoch."""
+        start = time.perf_counter()
+        self.val_acc = accuracy(model, data.val_x, data.val_y)  # a host sync: its own clock stops after it
+        if record:
+            self.vals.append(self.val_acc)
+        if keep_best and not self.val_acc <= self.best_val_acc:  # ties keep the earlier epoch; NaN best = none yet
+            self.best_val_acc, self.best_epoch = self.val_acc, epoch + 1
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.val_wall_s += time.perf_counter() - start
+
+    def stats(self, window: _Window) -> TrainStats:
+        return TrainStats(steps=self.steps, wall_s=window.wall_s, final_loss=self.losses[-1] if self.losses else
+                          float("nan"), val_acc=self.val_acc, best_val_acc=self.best_val_acc,
+                          best_epoch=self.best_epoch, best_state=self.best_state, peak_mem_mb=window.peak_mb,
+                          lr_sum=self.lr_sum, loss_curve=tuple(self.losses), val_curve=tuple(self.vals),
+                          val_wall_s=self.val_wall_s)
 
 
 def _forward(model: nn.Module, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -221,40 +325,53 @@ def _forward(model: nn.Module, device: torch.device, compile: bool) -> Callable[
     return torch.compile(forward) if compile else forward
 
 
-def _epoch(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], data: Splits, budget: Budget,
-           opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, *, nhwc: bool, bf16: bool,
-           after_backward: Callable[[nn.Module], None] | None) -> tuple[torch.Tensor, int, float]:
-    """One pass over a fresh permutation of ``data.train`` drawn from ``gen``: (summed loss, steps,
-    Σ lr over its steps)."""
+def _on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # From pinned memory the copy is queued, not waited for: no host sync inside an epoch.
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _epoch(loop: _Loop) -> tuple[torch.Tensor, int, float]:
+    """One pass over a fresh permutation of ``data.train`` drawn from ``loop.gen``: (summed loss
+    on the device, steps, Σ lr over its steps).
+
+    The epoch's permutation and augmentation draws are taken up front, in the order the
+    per-batch draws always had, and copied to the device once, so the step loop reads nothing
+    back from the GPU and sends nothing to it: it only queues kernels.
+    """
+    data, budget, opt, bs = loop.data, loop.budget, loop.opt, loop.budget.batch_size
     n, device = len(data.train_x), data.train_x.device
     ranks, me = distributed.world(), distributed.rank()
+    order = torch.randperm(n, generator=loop.gen)
+    draws = None
+    if data.augment == "crop-flip":  # the whole global batch: every rank draws the same
+        parts = [_crop_flip_draws(min(bs, n - i), loop.gen, 4) for i in range(0, n, bs)]
+        draws = [_on_device(torch.cat(d), device) for d in zip(*parts, strict=True)]
+    order = _on_device(order, device)
     loss_sum, steps, lrs = torch.zeros((), device=device), 0, 0.0
-    order = torch.randperm(n, generator=gen).to(device)
-    for i in range(0, n, budget.batch_size):
-        idx = order[i:i + budget.batch_size]
-        x = data.train_x[idx]
-        if data.augment == "crop-flip":
-            x = augment_crop_flip(x, gen)  # the whole global batch: every rank draws the same
-        y = data.train_y[idx]
+    for i in range(0, n, bs):
+        idx = order[i:i + bs]
+        x, y = data.train_x[idx], data.train_y[idx]
+        if draws is not None:
+            x = _crop_flip(x, *(d[i:i + bs] for d in draws), 4)
         if ranks > 1:  # this rank's share of the global batch
             x, y = x[me::ranks], y[me::ranks]
-        if nhwc:
+        if loop.nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with torch.autocast("cuda", dtype=torch.bfloat16) if loop.bf16 else contextlib.nullcontext():
             # Sum over this rank's samples / global batch size, times ranks: DDP's gradient
             # average then equals the one-process mean over the global batch, exactly.
-            loss = F.cross_entropy(forward(x), y, label_smoothing=budget.label_smoothing,
-                                   reduction="sum") * (ranks / len(idx))
+            loss = F.cross_entropy(loop.forward(x), y, label_smoothing=budget.label_smoothing,
+                                   reduction="sum") * (ranks / min(bs, n - i))
         # NaN/inf propagate through the sum, checked once per epoch: a per-step check
         # would synchronize the GPU every step.
         loss_sum += loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if after_backward is not None:
-            after_backward(model)
+        if loop.after_backward is not None:
+            loop.after_backward(loop.model)
         lrs += opt.param_groups[0]["lr"]
         opt.step()
-        if sched is not None:
-            sched.step()
+        if loop.sched is not None:
+            loop.sched.step()
         steps += 1
     return loss_sum, steps, lrs

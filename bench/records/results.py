@@ -97,14 +97,16 @@ class Record:
     pretrain_steps: int | None = None
     finetune_steps: int | None = None
     train_steps: int | None = None
+    # Wall times hold the optimizer steps alone (no validation pass, whatever the progress display).
     train_wall_s: float | None = None  # this record's pre-training + fine-tuning wall time
     pretrain_wall_s: float | None = None  # shared by every target of one (method, seed)
     finetune_wall_s: float | None = None
     # On CUDA: GPU-seconds of this deployed model's training (pre-training + its fine-tuning; one GPU per
     # job; the pre-training is shared by the targets of a (method, seed): do not sum it over them); None on CPU
     gpu_s: float | None = None
-    # Peak memory of the (pre-)training in MiB: what N costs LoRITa. CUDA max_memory_allocated,
-    # or on CPU the process's peak resident size during training (data set included).
+    # Peak memory of the (pre-)training's steps in MiB: what N costs LoRITa. CUDA max_memory_allocated,
+    # or on CPU the process's peak resident size during the steps (data set included); neither counts
+    # the validation passes or the best epoch's copy.
     train_peak_mem_mb: float | None = None
     finetune_peak_mem_mb: float | None = None
     # How far weight decay could act (bench.catalog.budget.decay_budget): Σₜ lrₜ·wd/(1−momentum)
@@ -145,6 +147,8 @@ class Record:
     # than target_tolerance away from target_drop is a missed target, and the note says by how much.
     target_tolerance: float = TARGET_TOLERANCE
     target_missed: bool = False
+    # The pre-training's per-epoch validation passes (keep_best), timed apart from pretrain_wall_s.
+    pretrain_val_wall_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

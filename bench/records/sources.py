@@ -160,8 +160,10 @@ def from_benchmark_json(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     Each deployed-model benchmark's ``extra_info`` is a Record; the two batch sizes of one
     cell carry the same record and are merged. Latencies are replaced by pytest-benchmark's
     own statistics (median and IQR, converted to ms) wherever both the deployed and the dense
-    benchmark of that batch size are present, so that a speed-up is always a ratio of two
-    numbers timed the same way in the same run; otherwise the record's own timing stays.
+    benchmark of that batch size are present, and the speed-up at that batch becomes their
+    ratio, without an interval (pytest-benchmark times the two apart, not in paired rounds): the
+    speed-up shown beside two latencies is always their ratio. Otherwise the record's own
+    timing, its A/B speed-up and interval stay.
     """
     deployed: dict[tuple, dict[str, Any]] = {}
     timed: dict[tuple, dict[str, float]] = {}  # (role, key, batch) -> stats in ms
@@ -185,15 +187,18 @@ def from_benchmark_json(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         dense_key = _dense_cell(rec)
         rec = dict(rec)
         for batch, fields_ in ((rec.get("latency_batch") or 1, ("latency_ms", "latency_iqr_ms", "latency_dense_ms",
-                                                                "latency_dense_iqr_ms")),
-                               (rec.get("throughput_batch"), ("throughput_ms", None, "throughput_dense_ms", None))):
+                                                                "latency_dense_iqr_ms", "speedup_b1")),
+                               (rec.get("throughput_batch"), ("throughput_ms", None, "throughput_dense_ms", None,
+                                                              "speedup_bT"))):
             mine, dense = timed.get(("deployed", key, batch)), timed.get(("dense", dense_key, batch))
             if mine is None or dense is None:
                 continue
-            ms, iqr, dense_ms, dense_iqr = fields_
+            ms, iqr, dense_ms, dense_iqr, speedup = fields_
             rec[ms], rec[dense_ms] = mine["median_ms"], dense["median_ms"]
             if iqr is not None:
                 rec[iqr], rec[dense_iqr] = mine["iqr_ms"], dense["iqr_ms"]
+            rec[speedup] = dense["median_ms"] / mine["median_ms"] if mine["median_ms"] > 0 else None
+            rec[f"{speedup}_lo"] = rec[f"{speedup}_hi"] = None
             rec["latency_source"] = "pytest-benchmark"
         out.append(rec)
     return out
