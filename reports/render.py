@@ -274,8 +274,15 @@ def protocol_lines(records: Sequence[Rec], config: Mapping[str, Any] | None,
 
 
 RECIPE_FIELDS = (("optimizer", "Optimizer"), ("lr", "lr"), ("finetune_lr", "Fine-tune lr"),
-                 ("weight_decay", "Weight decay"), ("schedule", "Schedule"), ("label_smoothing", "Label smoothing"),
-                 ("source", "Source"))
+                 ("momentum", "Momentum"), ("nesterov", "Nesterov"), ("weight_decay", "Weight decay"),
+                 ("schedule", "Schedule"), ("label_smoothing", "Label smoothing"), ("source", "Source"))
+
+
+def _recipe_cell(rec: Mapping[str, Any], key: str) -> str:
+    if key == "schedule" and rec.get("schedule") == "step" and rec.get("milestones") is not None:
+        # a step schedule is its milestones and factor too (records state them since the typed tune grid)
+        return f"step at {'/'.join(f'{m:g}' for m in rec['milestones'])} ×{rec.get('gamma', 0.1):g}"
+    return "–" if rec.get(key) is None else str(rec.get(key))
 
 
 def recipe_lines(records: Sequence[Rec], by_hash: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
@@ -301,7 +308,7 @@ def recipe_lines(records: Sequence[Rec], by_hash: Mapping[str, Mapping[str, Any]
         grid_text = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" if isinstance(v, list | tuple) else f"{k}={v}"
                               for k, v in grid.items()) if isinstance(grid, Mapping) and grid else "–"
         cells = [*([f"`{h}`"] if several else []), method,
-                 *("–" if rec.get(k) is None else str(rec.get(k)) for k, _ in RECIPE_FIELDS), grid_text]
+                 *(_recipe_cell(rec, k) for k, _ in RECIPE_FIELDS), grid_text]
         lines.append("| " + " | ".join(tables._md_escape(c) for c in cells) + " |")
     adamw = sorted({method for (_, method), rec in seen.items() if rec.get("optimizer") == "adamw"
                     and any(r["method"] == method and r.get("family") == "lorita" for r in have)})

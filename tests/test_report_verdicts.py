@@ -275,13 +275,17 @@ def test_gpu_seconds_count_a_pre_training_once_per_seed_and_a_reference_only_tra
 
 
 def test_recipes_are_stated_per_method(tmp_path):
-    tuned = {"optimizer": "sgd", "lr": 0.01, "finetune_lr": 0.001, "weight_decay": 0.001, "schedule": "cosine",
-             "label_smoothing": 0.1, "source": "tuned", "grid": {"lr": [0.01, 0.05]}}
+    tuned = {"optimizer": "sgd", "lr": 0.01, "finetune_lr": 0.001, "momentum": 0.9, "nesterov": True,
+             "weight_decay": 0.001, "schedule": "cosine", "label_smoothing": 0.1, "source": "tuned",
+             "grid": {"lr": [0.01, 0.05]}}
     recs = [rec("lorita-n3", 0.95, recipe=tuned), rec("l1-filter", 0.95, recipe={**tuned, "lr": 0.05,
                                                                                   "source": "preset", "grid": None})]
     text = render(recs, tmp_path, plots=False).read_text()
-    assert "| lorita-n3 | sgd | 0.01 | 0.001 | 0.001 | cosine | 0.1 | tuned | lr ∈ {0.01, 0.05} |" in text
-    assert "| l1-filter | sgd | 0.05 | 0.001 | 0.001 | cosine | 0.1 | preset | – |" in text
+    assert "| lorita-n3 | sgd | 0.01 | 0.001 | 0.9 | True | 0.001 | cosine | 0.1 | tuned | lr ∈ {0.01, 0.05} |" in text
+    assert "| l1-filter | sgd | 0.05 | 0.001 | 0.9 | True | 0.001 | cosine | 0.1 | preset | – |" in text
+    step = render([rec("lorita-n3", 0.95, recipe={**tuned, "schedule": "step", "milestones": [0.5, 0.75],
+                                                   "gamma": 0.2})], tmp_path / "step", plots=False).read_text()
+    assert "| 0.001 | step at 0.5/0.75 ×0.2 | 0.1 |" in step
 
 
 def test_method_colours_are_distinct_and_grouped_by_family():
