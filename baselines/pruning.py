@@ -232,7 +232,7 @@ class KeepOneHead(tp.importance.Importance):
 
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
            ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
-           head_ratio: float = 0.0) -> nn.Module:
+           head_ratio: float = 0.0, round_to: int = 1) -> nn.Module:
     pruned = copy.deepcopy(model)
     importance = TieBroken(baseline.importance())
     if baseline.gradients is not None:
@@ -244,7 +244,8 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
         importance = KeepOneHead(importance, kwargs["num_heads"])
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
-        ignored_layers=[pruned.get_submodule(n) for n in ignored], **kwargs)
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], round_to=round_to if round_to > 1 else None,
+        **kwargs)
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)
@@ -256,7 +257,7 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
                     importance_factory: Callable[[], tp.importance.Importance] | None = None,
                     ignored: Sequence[nn.Module | str] = (), global_pruning: bool = False,
                     calib: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    tolerance: float = 0.005, max_iter: int = 20) -> tuple[nn.Module, float]:
+                    tolerance: float = 0.005, max_iter: int = 20, round_to: int = 1) -> tuple[nn.Module, float]:
     """A pruned copy of ``model`` whose measured ``kind`` ("params"/"flops") drop is near ``drop``.
 
     Either ``baseline`` or ``importance_factory`` (+ ``global_pruning``) names the criterion.
@@ -264,7 +265,9 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     within ``tolerance`` of the target, else the closest of ``max_iter`` tries; returns the
     pruned model and its achieved drop. ``ignored`` layers (modules or qualified names, e.g.
     the classifier) keep their output width. ``calib`` = (inputs, labels) from the train split
-    for gradient-based importances. ``model`` is not modified.
+    for gradient-based importances. ``round_to`` > 1 is torch-pruning's own ``round_to``: every
+    pruned layer keeps a multiple of it (its channel count rounded down to one). ``model`` is not
+    modified.
     """
     if baseline is None:
         if importance_factory is None:
@@ -285,7 +288,7 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     best: tuple[float, nn.Module | None, float] = (float("inf"), None, 0.0)
     for _ in range(max_iter):
         ratio = (lo + hi) / 2
-        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio)
+        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio, round_to)
         got = achieved(pruned)
         if abs(got - drop) < best[0]:
             best = (abs(got - drop), pruned, got)
