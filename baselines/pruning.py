@@ -232,7 +232,7 @@ class KeepOneHead(tp.importance.Importance):
 
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
            ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
-           head_ratio: float = 0.0, round_to: int = 1) -> nn.Module:
+           head_ratio: float = 0.0, round_to: int = 1, layer_ratios: dict[str, float] | None = None) -> nn.Module:
     pruned = copy.deepcopy(model)
     importance = TieBroken(baseline.importance())
     if baseline.gradients is not None:
@@ -245,7 +245,7 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
         ignored_layers=[pruned.get_submodule(n) for n in ignored], round_to=round_to if round_to > 1 else None,
-        **kwargs)
+        pruning_ratio_dict={pruned.get_submodule(n): r for n, r in (layer_ratios or {}).items()}, **kwargs)
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)
@@ -295,10 +295,40 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
         if abs(got - drop) <= tolerance:
             break
         lo, hi = (ratio, hi) if got < drop else (lo, ratio)
+    if best[0] > tolerance and round_to > 1 and not baseline.global_pruning:
+        def prune_at(ratios: dict[str, float]) -> tuple[nn.Module, float]:
+            m = _prune(model, example, baseline, lo, ignored_names, calib, head_ratio, round_to, ratios)
+            return m, achieved(m)
+        best = min(best, _mixed(model, ignored_names, lo, hi, drop, tolerance, prune_at), key=lambda b: b[0])
     model.train(was_training)
     _, pruned, got = best
     pruned.train(was_training)
     return pruned, got
+
+
+def _mixed(model: nn.Module, ignored: Sequence[str], low: float, high: float, drop: float, tolerance: float,
+           prune_at: Callable[[dict[str, float]], tuple[nn.Module, float]]) -> tuple[float, nn.Module, float]:
+    """The layer-local ratio search's last step under ``round_to``: each layer at ``low`` or ``high``.
+
+    With widths rounded to K, one ratio for every layer moves every layer's width by K at once
+    (on an FCN of equal widths a step of several per cent), so no ratio may land on the target.
+    Starting with every layer at the bracket's lower ratio, the one layer whose move to the upper
+    ratio brings the drop nearest is moved, again and again, until within ``tolerance`` or no
+    move helps: each layer's width stays the one ratio's width rounded up or down to K.
+    Returns (distance to ``drop``, pruned model, achieved drop).
+    """
+    todo = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and n not in ignored]
+    ratios = dict.fromkeys(todo, low)
+    pruned, got = prune_at(ratios)
+    while todo and abs(got - drop) > tolerance:
+        tries = {name: prune_at({**ratios, name: high}) for name in todo}
+        name = min(tries, key=lambda n: abs(tries[n][1] - drop))
+        if abs(tries[name][1] - drop) >= abs(got - drop):
+            break
+        ratios[name] = high
+        pruned, got = tries[name]
+        todo.remove(name)
+    return abs(got - drop), pruned, got
 
 
 def sparsity_regularizer(model: nn.Module, example: torch.Tensor, baseline: Baseline,
