@@ -275,10 +275,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model-options", metavar="KEY=VALUE,…", help="options of the model's builder, e.g. "
                      "width=0.5 (`lorita-bench list` names each model's options), merged into the preset's; "
                      f"checked before any training ({d})")
-    run.add_argument("--latency-rounds", type=int, metavar="N", help="timed rounds of every latency measurement, "
-                     f"reported as median and IQR ({d}: 30 for most, 20 for ci)")
-    run.add_argument("--throughput-batch", type=int, metavar="N", help="batch size of the second latency "
-                     f"measurement, beside batch 1 ({d}: 256)")
     run.add_argument("--methods", metavar="M,M,…", help=f"comma-separated, from: {{methods}} ({d})")
     run.add_argument("--targets", metavar="KIND:DROP,…", help="compression targets: KIND from {target_kinds}, "
                      f"drops as fractions in (0, 1), e.g. params:0.5,0.7,0.9 or params:0.5,flops:0.7 ({d})")
@@ -334,14 +330,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_deploy_options(run: argparse.ArgumentParser) -> None:
-    """How deployed models are shaped (``--round-to``) and timed (``--latency-modes``, ``--latency-sweep``)."""
+    """How deployed models are shaped (``--round-to``) and timed (rounds, batches and modes of the latency)."""
     d = PRESETS_DEFAULT
+    run.add_argument("--latency-rounds", type=int, metavar="N", help="timed rounds of every latency measurement, "
+                     f"reported as median and IQR ({d}: 30 for most, 20 for ci)")
+    run.add_argument("--throughput-batch", type=int, metavar="N", help="batch size of the second latency "
+                     f"measurement, beside batch 1 ({d}: 256)")
     run.add_argument("--round-to", type=int, metavar="K", help="deploy LoRITa's ranks and every pruned width as "
                      "multiples of K (torch-pruning's round_to for the baselines); 8 suits tensor cores; the "
                      f"target search still lands on the target ({d}: 1, no rounding)")
     run.add_argument("--latency-modes", metavar="MODE,…", help="how latency is timed, from: {latency_modes}. "
                      "eager-fp32: float32 eager PyTorch (the suite's original timing); deploy: as the model ships "
-                     "(CUDA: the training's dtype, bf16 under --amp, with CUDA graphs; CPU: float32 eager); "
+                     "(CUDA: the training's dtype, bf16 unless --no-amp, with CUDA graphs; CPU: float32 eager); "
                      "onnxruntime: ONNX Runtime's CPU execution provider at 1 thread, needs pip install "
                      "'lorita-bench[onnx]'. The first mode fills the records' headline latency "
                      f"({d}: eager-fp32)")

@@ -168,7 +168,9 @@ def _sweep_mode(dense: nn.Module, deployed: nn.Module, input_shape: tuple[int, .
         try:
             out.append(SweepEntry(mode=mode, batch=b, result=_ab(runners, mode, b, device, warmup, rounds,
                                                                  cpu_threads)))
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError, or a graph capture that ran out
+            if "out of memory" not in str(err):
+                raise
             full = f"out of GPU memory at batch {b}"
             out.append(SweepEntry(mode=mode, batch=b, note=full))
             torch.cuda.empty_cache()
