@@ -78,3 +78,14 @@ def test_preset_refuses_bad_round_to_latency_modes_and_sweep():
         with pytest.raises(UsageError, match=message):
             replace(quick, **change)
     assert replace(quick, latency_sweep=(1024, 16), throughput_batch=64).latency_batches() == (1, 16, 64, 1024)
+
+
+@pytest.mark.parametrize("flag, value, message", [("--round-to", "0", "bad round-to 0"),
+                                                  ("--latency-modes", "eager-fp32,tensorrt", "bad latency modes"),
+                                                  ("--latency-sweep", "16,x", "bad latency sweep")])
+def test_cli_refuses_bad_deploy_options_in_one_line(flag, value, message, tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["run", "--preset", "quick", "--out", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
