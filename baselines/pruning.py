@@ -231,7 +231,7 @@ class KeepOneHead(tp.importance.Importance):
 
 def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: float,
            ignored: Sequence[str], calib: tuple[torch.Tensor, torch.Tensor] | None,
-           head_ratio: float = 0.0) -> nn.Module:
+           head_ratio: float = 0.0, round_to: int = 1, layer_ratios: dict[str, float] | None = None) -> nn.Module:
     pruned = copy.deepcopy(model)
     importance = TieBroken(baseline.importance())
     if baseline.gradients is not None:
@@ -243,7 +243,8 @@ def _prune(model: nn.Module, example: torch.Tensor, baseline: Baseline, ratio: f
         importance = KeepOneHead(importance, kwargs["num_heads"])
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=importance, pruning_ratio=ratio, global_pruning=baseline.global_pruning,
-        ignored_layers=[pruned.get_submodule(n) for n in ignored], **kwargs)
+        ignored_layers=[pruned.get_submodule(n) for n in ignored], round_to=round_to if round_to > 1 else None,
+        pruning_ratio_dict={pruned.get_submodule(n): r for n, r in (layer_ratios or {}).items()}, **kwargs)
     pruner.step()
     _fix_attention(pruned, pruner)
     pruned.zero_grad(set_to_none=True)
@@ -255,7 +256,7 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
                     importance_factory: Callable[[], tp.importance.Importance] | None = None,
                     ignored: Sequence[nn.Module | str] = (), global_pruning: bool = False,
                     calib: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    tolerance: float = 0.005, max_iter: int = 20) -> tuple[nn.Module, float]:
+                    tolerance: float = 0.005, max_iter: int = 20, round_to: int = 1) -> tuple[nn.Module, float]:
     """A pruned copy of ``model`` whose measured ``kind`` ("params"/"flops") drop is near ``drop``.
 
     Either ``baseline`` or ``importance_factory`` (+ ``global_pruning``) names the criterion.
@@ -263,7 +264,9 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     within ``tolerance`` of the target, else the closest of ``max_iter`` tries; returns the
     pruned model and its achieved drop. ``ignored`` layers (modules or qualified names, e.g.
     the classifier) keep their output width. ``calib`` = (inputs, labels) from the train split
-    for gradient-based importances. ``model`` is not modified.
+    for gradient-based importances. ``round_to`` > 1 is torch-pruning's own ``round_to``: every
+    pruned layer keeps a multiple of it (its channel count rounded down to one). ``model`` is not
+    modified.
     """
     if baseline is None:
         if importance_factory is None:
@@ -284,17 +287,47 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, *, kind: str, drop:
     best: tuple[float, nn.Module | None, float] = (float("inf"), None, 0.0)
     for _ in range(max_iter):
         ratio = (lo + hi) / 2
-        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio)
+        pruned = _prune(model, example, baseline, ratio, ignored_names, calib, head_ratio, round_to)
         got = achieved(pruned)
         if abs(got - drop) < best[0]:
             best = (abs(got - drop), pruned, got)
         if abs(got - drop) <= tolerance:
             break
         lo, hi = (ratio, hi) if got < drop else (lo, ratio)
+    if best[0] > tolerance and round_to > 1 and not baseline.global_pruning:
+        def prune_at(ratios: dict[str, float]) -> tuple[nn.Module, float]:
+            m = _prune(model, example, baseline, lo, ignored_names, calib, head_ratio, round_to, ratios)
+            return m, achieved(m)
+        best = min(best, _mixed(model, ignored_names, lo, hi, drop, tolerance, prune_at), key=lambda b: b[0])
     model.train(was_training)
     _, pruned, got = best
     pruned.train(was_training)
     return pruned, got
+
+
+def _mixed(model: nn.Module, ignored: Sequence[str], low: float, high: float, drop: float, tolerance: float,
+           prune_at: Callable[[dict[str, float]], tuple[nn.Module, float]]) -> tuple[float, nn.Module, float]:
+    """The layer-local ratio search's last step under ``round_to``: each layer at ``low`` or ``high``.
+
+    With widths rounded to K, one ratio for every layer moves every layer's width by K at once
+    (on an FCN of equal widths a step of several per cent), so no ratio may land on the target.
+    Starting with every layer at the bracket's lower ratio, the one layer whose move to the upper
+    ratio brings the drop nearest is moved, again and again, until within ``tolerance`` or no
+    move helps: each layer's width stays the one ratio's width rounded up or down to K.
+    Returns (distance to ``drop``, pruned model, achieved drop).
+    """
+    todo = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and n not in ignored]
+    ratios = dict.fromkeys(todo, low)
+    pruned, got = prune_at(ratios)
+    while todo and abs(got - drop) > tolerance:
+        tries = {name: prune_at({**ratios, name: high}) for name in todo}
+        name = min(tries, key=lambda n: abs(tries[n][1] - drop))
+        if abs(tries[name][1] - drop) >= abs(got - drop):
+            break
+        ratios[name] = high
+        pruned, got = tries[name]
+        todo.remove(name)
+    return abs(got - drop), pruned, got
 
 
 def sparsity_regularizer(model: nn.Module, example: torch.Tensor, baseline: Baseline,

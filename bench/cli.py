@@ -78,7 +78,8 @@ def _show_preset(name: str) -> int:
             ("methods", ", ".join(p.methods)), ("targets", ", ".join(f"{t.kind}:{t.drop:g}" for t in p.targets)),
             ("budget", kv(asdict(p.budget))), ("seeds", ", ".join(map(str, p.seeds))), ("device", p.device),
             ("speed", kv(p.speed()) + " (amp and channels_last act on CUDA only)"),
-            ("latency", f"{p.latency_rounds} rounds at batch 1 and at batch {p.throughput_batch}"),
+            ("latency", f"{p.latency_rounds} rounds at batch {', '.join(map(str, p.latency_batches()))}, "
+             f"mode {', '.join(p.latency_modes)}"), ("round-to", p.round_to),
             ("protect", ", ".join(p.protect) or "none"), ("ranks", f"LoRITa's allocation {p.allocation}"))
     print(f"{name}: {entry.description}")
     for key, value in rows:
@@ -101,7 +102,11 @@ def _preset_changes(args: argparse.Namespace) -> dict[str, object]:
             "targets": parse_targets(args.targets) if args.targets else None,
             "seeds": _ints(args.seeds, "seeds") if args.seeds else None,
             "protect": _protect(args.protect) if args.protect is not None else None,
-            "allocation": args.allocation, "chance_check": False if args.no_chance_check else None}
+            "allocation": args.allocation, "chance_check": False if args.no_chance_check else None,
+            "round_to": args.round_to, "latency_sweep": _ints(args.latency_sweep, "latency sweep")
+            if args.latency_sweep else None,
+            "latency_modes": tuple(m.strip() for m in args.latency_modes.split(",") if m.strip())
+            if args.latency_modes is not None else None}
 
 
 def _protect(text: str) -> tuple[str, ...]:
@@ -234,13 +239,15 @@ def _choices() -> dict[str, str]:
     """Every closed set an option of ``run`` takes, as comma-separated names."""
     from bench.catalog import DATASETS, METHODS, MODELS, PRESETS
     from bench.catalog.budget import OPTIMIZERS, SCHEDULES, TARGET_KINDS
+    from bench.catalog.presets import LATENCY_MODES
     from bench.execution.executors import CLUSTERS, EXECUTORS
 
     def join(names) -> str:
         return ", ".join(names)
     return {"presets": join(PRESETS.names()), "datasets": join(DATASETS.names()), "models": join(MODELS.names()),
             "methods": join(METHODS.names()), "optimizers": join(OPTIMIZERS), "schedules": join(SCHEDULES),
-            "target_kinds": join(TARGET_KINDS), "executors": join(EXECUTORS), "clusters": join(CLUSTERS)}
+            "target_kinds": join(TARGET_KINDS), "executors": join(EXECUTORS), "clusters": join(CLUSTERS),
+            "latency_modes": join(LATENCY_MODES)}
 
 
 PRESETS_DEFAULT = "default: the preset's"
@@ -269,10 +276,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model-options", metavar="KEY=VALUE,…", help="options of the model's builder, e.g. "
                      "width=0.5 (`lorita-bench list` names each model's options), merged into the preset's; "
                      f"checked before any training ({d})")
-    run.add_argument("--latency-rounds", type=int, metavar="N", help="timed rounds of every latency measurement, "
-                     f"reported as median and IQR ({d}: 30 for most, 20 for ci)")
-    run.add_argument("--throughput-batch", type=int, metavar="N", help="batch size of the second latency "
-                     f"measurement, beside batch 1 ({d}: 256)")
     run.add_argument("--methods", metavar="M,M,…", help=f"comma-separated, from: {{methods}} ({d})")
     run.add_argument("--targets", metavar="KIND:DROP,…", help="compression targets: KIND from {target_kinds}, "
                      f"drops as fractions in (0, 1), e.g. params:0.5,0.7,0.9 or params:0.5,flops:0.7 ({d})")
@@ -323,8 +326,29 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tune-grid", metavar="FIELD=V,…;…", help="the grid --tune searches, each value typed as the "
                      "budget field it sets, e.g. 'weight_decay=1e-4,1e-3;nesterov=true,false;milestones=0.5/0.75,0.3' "
                      "(default: weight decay ×1/3, ×1, ×3)")
+    _add_deploy_options(run)
     _add_executor_options(run)
     run.set_defaults(fn=_cmd_run)
+
+
+def _add_deploy_options(run: argparse.ArgumentParser) -> None:
+    """How deployed models are shaped (``--round-to``) and timed (rounds, batches and modes of the latency)."""
+    d = PRESETS_DEFAULT
+    run.add_argument("--latency-rounds", type=int, metavar="N", help="timed rounds of every latency measurement, "
+                     f"reported as median and IQR ({d}: 30 for most, 20 for ci)")
+    run.add_argument("--throughput-batch", type=int, metavar="N", help="batch size of the second latency "
+                     f"measurement, beside batch 1 ({d}: 256)")
+    run.add_argument("--round-to", type=int, metavar="K", help="deploy LoRITa's ranks and every pruned width as "
+                     "multiples of K (torch-pruning's round_to for the baselines); 8 suits tensor cores; the "
+                     f"target search still lands on the target ({d}: 1, no rounding)")
+    run.add_argument("--latency-modes", metavar="MODE,…", help="how latency is timed, from: {latency_modes}. "
+                     "eager-fp32: float32 eager PyTorch (the suite's original timing); deploy: as the model ships "
+                     "(CUDA: the training's dtype, bf16 unless --no-amp, with CUDA graphs; CPU: float32 eager); "
+                     "onnxruntime: ONNX Runtime's CPU execution provider at 1 thread, needs pip install "
+                     "'lorita-bench[onnx]'. The first mode fills the records' headline latency "
+                     f"({d}: eager-fp32)")
+    run.add_argument("--latency-sweep", metavar="B,B,…", help="more batch sizes to time every latency mode at, "
+                     f"beside batch 1 and --throughput-batch, e.g. 1,16,64,256,1024 ({d}: none)")
 
 
 def _tuned(preset: Any, out: Path, grid_text: str | None, run_kw: dict[str, Any]) -> Any:

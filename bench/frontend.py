@@ -7,6 +7,7 @@ carries the spelling, so an error names the flag the user typed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -51,7 +52,8 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
     so that a bad option fails here, before any training, and not as a failed record per run.
     Raises ``UsageError`` for an unknown name or a bad value (named by the preset, budget and
     model-option validators), a ``data_dir`` that is not a folder (unless ``download``), a CUDA
-    device where jobs run here without CUDA, and model options the builder rejects.
+    device where jobs run here without CUDA, the onnxruntime latency mode where jobs run here
+    without its packages, and model options the builder rejects.
     """
     preset = PRESETS.get(name)
     changes = dict(changes or {})
@@ -74,6 +76,11 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
     if runs_here and torch.device(preset.device).type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"preset {name!r} runs on {preset.device!r} but CUDA is not available here; accepted: "
                          f"{flags.device} cpu, or a machine with a CUDA GPU")
+    if runs_here and "onnxruntime" in preset.latency_modes:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UsageError(f"latency mode onnxruntime needs {' and '.join(missing)}, not installed here; accepted: "
+                             "pip install 'lorita-bench[onnx]', or other latency modes")
     check_model_builds(preset, data_dir=data_dir, download=download)
     if dropped is not None and note is not None:  # only once the run is known to be valid
         note(dropped)

@@ -127,58 +127,121 @@ class Energy(RankPolicy):
         return out
 
 
-def _threshold_ranks(layers: Sequence[LayerInfo], tau: float) -> dict[str, int]:
-    # σ/σ_max is taken per layer, so every layer keeps at least its leading direction.
+def round_rank(rank: int, full_rank: int, round_to: int) -> int:
+    """``rank`` rounded up to a multiple of ``round_to``, at most ``full_rank`` (a layer at full rank is
+    deployed dense, whatever its width). Rounding up keeps every direction the threshold kept."""
+    return min(full_rank, -(-rank // round_to) * round_to)
+
+
+def _check_round_to(round_to: int) -> None:
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+
+
+def _threshold_ranks(layers: Sequence[LayerInfo], tau: float, round_to: int = 1) -> dict[str, int]:
+    # σ/σ_max is taken per layer, so every layer keeps at least its leading direction; rounding
+    # up keeps every direction the threshold kept.
     out = {}
     for li in layers:
         s = li.sigma.double()
         norm = s / s[0] if s[0] > 0 else torch.zeros_like(s)
-        out[li.name] = max(1, int((norm >= tau).sum()))
+        out[li.name] = round_rank(max(1, int((norm >= tau).sum())), li.full_rank, round_to)
     return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalThreshold(RankPolicy):
-    """One threshold ``tau`` on σ/σ_max (per layer) across all layers: the paper's global truncation."""
+    """One threshold ``tau`` on σ/σ_max (per layer) across all layers: the paper's global truncation.
+
+    Each kept count is rounded up to a multiple of ``round_to`` (tensor cores want 8).
+    """
 
     tau: float
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         _check_fraction("tau", self.tau, low_open=False)
+        _check_round_to(self.round_to)
 
     def ranks(self, layers: Sequence[LayerInfo], totals: Totals) -> dict[str, int]:
-        return _threshold_ranks(layers, self.tau)
+        return _threshold_ranks(layers, self.tau, self.round_to)
+
+
+EXHAUSTIVE_LAYERS = 12  # up to this many layers, every up/down rounding is tried (2^12 sums)
+
+
+def _lost_energy(li: LayerInfo, low: int, high: int) -> float:
+    """Share of the layer's squared spectrum between ranks ``low`` and ``high``: what rounding down loses."""
+    sq = li.sigma.double().square()
+    return float(sq[low:high].sum() / sq.sum().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def _rounded(layers: Sequence[LayerInfo], raw: Mapping[str, int], target: float,
+             drop_of: Callable[[Mapping[str, int]], float], round_to: int) -> dict[str, int]:
+    """The threshold's ranks ``raw``, each rounded up or down to a multiple of ``round_to``, landing nearest ``target``.
+
+    One global threshold moves one layer by ``round_to`` ranks at a time, a step of several
+    per cent of a small model: rounding each layer up or down independently reaches drops in
+    between. Among the roundings nearest the target the one losing the least spectral energy
+    wins; up to ``EXHAUSTIVE_LAYERS`` layers with a choice every rounding is tried, beyond that
+    layers are rounded down greedily (largest saving first) while that brings the drop nearer.
+    """
+    up = {li.name: round_rank(raw[li.name], li.full_rank, round_to) for li in layers}
+    down = {li.name: max(round_to, raw[li.name] // round_to * round_to) for li in layers}
+    free = [li for li in layers if down[li.name] < up[li.name] <= li.full_rank and down[li.name] < li.full_rank]
+    loss = {li.name: _lost_energy(li, down[li.name], up[li.name]) for li in free}
+
+    def score(ranks: Mapping[str, int]) -> tuple[float, float]:
+        lost = sum(loss[n] for n in loss if ranks[n] == down[n])
+        return round(abs(drop_of(ranks) - target), 9), lost
+
+    if len(free) <= EXHAUSTIVE_LAYERS:
+        picks = (dict(up, **{li.name: down[li.name] for i, li in enumerate(free) if mask >> i & 1})
+                 for mask in range(2 ** len(free)))
+        return min(picks, key=score)
+    ranks = dict(up)
+    for li in sorted(free, key=lambda li: drop_of({**up, li.name: down[li.name]}), reverse=True):
+        trial = {**ranks, li.name: down[li.name]}
+        if score(trial) < score(ranks):
+            ranks = trial
+    return ranks
 
 
 def _search_threshold(layers: Sequence[LayerInfo], target: float,
-                      drop_of: Callable[[Mapping[str, int]], float]) -> dict[str, int]:
+                      drop_of: Callable[[Mapping[str, int]], float], round_to: int = 1) -> dict[str, int]:
     """Bisection over the global threshold for the ranks whose drop is closest to ``target``.
 
     The drop is a non-decreasing step function of tau whose steps sit at the layers'
     normalized singular values, so the search runs over those values exactly. ``drop_of``
     counts every layer as ``factorize`` deploys it (``LayerInfo.weight_params``): at or above
-    its break-even rank a layer is kept dense at full rank and saves nothing.
+    its break-even rank a layer is kept dense at full rank and saves nothing. With ``round_to``
+    > 1 the threshold's ranks are then rounded to its multiples (``_rounded``).
     """
+    if round_to > 1:
+        return _rounded(layers, _search_threshold(layers, target, drop_of), target, drop_of, round_to)
     cands = sorted({float(v) for li in layers
                     for v in (li.sigma.double() / li.sigma.double()[0]).tolist()
                     if li.sigma[0] > 0} | {0.0, 1.0 + 1e-12})
+    def at(i: int) -> dict[str, int]:
+        return _threshold_ranks(layers, cands[i])
+
     lo, hi = 0, len(cands) - 1
-    if drop_of(_threshold_ranks(layers, cands[hi])) < target:
-        return _threshold_ranks(layers, cands[hi])
+    if drop_of(at(hi)) < target:
+        return at(hi)
     while hi - lo > 1:  # invariant: drop(cands[lo]) < target <= drop(cands[hi]) (or lo == 0)
         mid = (lo + hi) // 2
-        if drop_of(_threshold_ranks(layers, cands[mid])) >= target:
+        if drop_of(at(mid)) >= target:
             hi = mid
         else:
             lo = mid
-    above, below = _threshold_ranks(layers, cands[hi]), _threshold_ranks(layers, cands[lo])
+    above, below = at(hi), at(lo)
     if abs(drop_of(below) - target) < abs(drop_of(above) - target):
         return below
     return above
 
 
 def _allocated(layers: Sequence[LayerInfo], target: float, total: float, cost: Callable[[LayerInfo, int], float],
-               allocation: str, min_share: float) -> dict[str, int]:
+               allocation: str, min_share: float, round_to: int = 1) -> dict[str, int]:
     """The global-threshold search for ``target`` over the layers ``allocation`` lets it spend on.
 
     ``cost(layer, rank)`` is the layer's deployed cost (weight params or MACs) and ``total`` the
@@ -197,13 +260,14 @@ def _allocated(layers: Sequence[LayerInfo], target: float, total: float, cost: C
     def drop_of(ranks: Mapping[str, int]) -> float:
         return (dense - sum(cost(li, ranks[li.name]) for li in spend)) / total
 
-    return {**full, **_search_threshold(spend, target, drop_of)}
+    return {**full, **_search_threshold(spend, target, drop_of, round_to)}
 
 
-def _check_allocation(allocation: str, min_share: float) -> None:
+def _check_allocation(allocation: str, min_share: float, round_to: int) -> None:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     _check_fraction("min_share", min_share, low_open=False, high_open=True)
+    _check_round_to(round_to)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,38 +276,43 @@ class TargetParamsDrop(RankPolicy):
 
     ``allocation`` ("global" or "min-share", see ``ALLOCATIONS``) says which layers the threshold
     may cut; ``min_share`` is the least share of the model's parameters a layer must be able to
-    save to be cut under "min-share".
+    save to be cut under "min-share". Every layer's rank is a multiple of ``round_to`` or its full
+    rank: the threshold's ranks are rounded up or down, layer by layer, to land nearest the target.
     """
 
     drop: float
     allocation: str = "global"
     min_share: float = DEFAULT_MIN_SHARE
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         _check_fraction("drop", self.drop, high_open=True)
-        _check_allocation(self.allocation, self.min_share)
+        _check_allocation(self.allocation, self.min_share, self.round_to)
 
     def ranks(self, layers: Sequence[LayerInfo], totals: Totals) -> dict[str, int]:
         return _allocated(layers, self.drop, totals.params, LayerInfo.weight_params, self.allocation,
-                          self.min_share)
+                          self.min_share, self.round_to)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TargetFlopsDrop(RankPolicy):
     """The global threshold whose deployed model drops ``drop`` of the dense model's FLOPs (= 2·MACs).
 
-    ``allocation`` and ``min_share`` as in ``TargetParamsDrop``, with shares of the model's MACs.
+    ``allocation``, ``min_share`` and ``round_to`` as in ``TargetParamsDrop``, with shares of the
+    model's MACs.
     """
 
     drop: float
     allocation: str = "global"
     min_share: float = DEFAULT_MIN_SHARE
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         _check_fraction("drop", self.drop, high_open=True)
-        _check_allocation(self.allocation, self.min_share)
+        _check_allocation(self.allocation, self.min_share, self.round_to)
 
     def ranks(self, layers: Sequence[LayerInfo], totals: Totals) -> dict[str, int]:
         if totals.macs is None or any(li.positions is None for li in layers):
             raise ValueError("TargetFlopsDrop needs example_inputs to count MACs")
-        return _allocated(layers, self.drop, totals.macs, LayerInfo.weight_macs, self.allocation, self.min_share)
+        return _allocated(layers, self.drop, totals.macs, LayerInfo.weight_macs, self.allocation, self.min_share,
+                          self.round_to)

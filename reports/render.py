@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.records.results import atomic_write_text
 from bench.records.sources import config_hash, flat
-from reports import health, tables
+from reports import health, latency, tables
 from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
@@ -529,6 +529,10 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
              "1 pp of the reference accuracy, zero-shot and after fine-tuning, with the accuracy reached there. "
              "Also as [LaTeX](tables/iso_accuracy.tex) and [CSV](tables/iso_accuracy.csv).", "",
              iso_md]
+    deployed = latency.latency_lines(records)
+    if deployed:
+        atomic_write_text(out_dir / "tables" / "latency.md", "\n".join(deployed))
+        text += deployed
     if plots:
         from reports.plots import render_all
 

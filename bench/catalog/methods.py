@@ -47,8 +47,8 @@ class LoRITa(Method):
         macs0, params0 = lorita.count_macs_params(dense, calib.example)
         built = {}
         for allocation in candidates:
-            plan = lorita.truncate(dense, policy(drop=target.drop, allocation=allocation), calib.example,
-                                   exclude=calib.protected)
+            plan = lorita.truncate(dense, policy(drop=target.drop, allocation=allocation, round_to=calib.round_to),
+                                   calib.example, exclude=calib.protected)
             deployed = lorita.factorize(dense, plan)
             macs1, params1 = lorita.count_macs_params(deployed, calib.example)
             built[allocation] = plan, deployed, 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
@@ -110,7 +110,7 @@ class TorchPruning(Method):
         full = _widths(model)
         pruned, got = pruning.prune_to_target(
             model, calib.example, kind=target.kind, drop=target.drop, baseline=self.baseline,
-            ignored=calib.ignored, calib=(calib.batch_x, calib.batch_y))
+            ignored=calib.ignored, calib=(calib.batch_x, calib.batch_y), round_to=calib.round_to)
         return Compressed(model=pruned, achieved_drop=got, layers=_widths(pruned), full=full)
 
 

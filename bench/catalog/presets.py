@@ -19,6 +19,11 @@ from bench.records.sources import config_hash
 
 # LoRITa's rank allocations a preset may name: lorita's own, or "auto" (chosen on validation).
 ALLOCATIONS = (*lorita.ALLOCATIONS, "auto")
+# How latency is timed (bench.execution.measure.runner): "eager-fp32", the suite's original timing,
+# kept so that old numbers stay comparable; "deploy", as the model ships on the device (CUDA: the
+# training's dtype with CUDA graphs; CPU: float32 eager, the same as eager-fp32); "onnxruntime", an
+# ONNX export run by ONNX Runtime's CPU execution provider (the ``onnx`` extra).
+LATENCY_MODES = ("eager-fp32", "deploy", "onnxruntime")
 
 
 # The fields of a Preset that are not part of its configuration's identity (``bench.records.sources.
@@ -62,6 +67,14 @@ class Preset:
     # False only for plumbing runs on random-label data, where chance is all a model can reach;
     # a non-finite loss is a collapse either way.
     chance_check: bool = True
+    # Deployed ranks (LoRITa) and pruned widths (every torch-pruning baseline, through its own
+    # ``round_to``) are multiples of this; 1 leaves them as the target search puts them. Tensor
+    # cores want multiples of 8.
+    round_to: int = 1
+    # Every mode is timed (A/B against the dense model) at batch 1, the throughput batch and each
+    # batch of ``latency_sweep``; the first mode's numbers are the records' headline latency fields.
+    latency_modes: tuple[str, ...] = ("eager-fp32",)
+    latency_sweep: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -84,6 +97,7 @@ class Preset:
         if not isinstance(self.protect, tuple) or not all(isinstance(p, str) and p.strip() for p in self.protect):
             raise UsageError(f"bad protected layers {self.protect!r}; accepted: a tuple of layer-name patterns "
                              "or @head (the classifier), possibly empty")
+        self._check_latency()
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"bad device {self.device!r}; accepted: cpu, cuda, cuda:N")
         for key, fields in self.recipes.items():
@@ -95,6 +109,23 @@ class Preset:
                 raise UsageError(f"recipe for {key} sets {', '.join(bad)}; accepted: {', '.join(RECIPE_FIELDS)} "
                                  "(epochs and batch size fix the steps, which every method shares)")
             replace(self.budget, **fields)  # the values, checked as the budget checks its own
+
+    def _check_latency(self) -> None:
+        """``UsageError`` for a ``round_to``, latency mode or sweep batch the suite does not accept."""
+        if not _positive_int(self.round_to):
+            raise UsageError(f"bad round-to {self.round_to!r}; accepted: a positive integer (1: no rounding, 8: "
+                             "tensor-core multiples)")
+        bad = [m for m in self.latency_modes if m not in LATENCY_MODES]
+        if bad or not self.latency_modes or len(set(self.latency_modes)) != len(self.latency_modes):
+            raise UsageError(f"bad latency modes {','.join(map(str, self.latency_modes)) or 'none'}; accepted: one "
+                             f"or more of {', '.join(LATENCY_MODES)}, each once")
+        if not all(_positive_int(b) for b in self.latency_sweep):
+            raise UsageError(f"bad latency sweep {self.latency_sweep!r}; accepted: positive batch sizes, e.g. "
+                             "1,16,64,256,1024")
+
+    def latency_batches(self) -> tuple[int, ...]:
+        """Every batch size latency is timed at: 1, the throughput batch and the sweep's, ascending."""
+        return tuple(sorted({1, self.throughput_batch, *self.latency_sweep}))
 
     def budget_for(self, method: Method) -> Budget:
         """The budget ``method`` trains under: the preset's, with its family's and then its own recipe."""
@@ -135,6 +166,10 @@ class Preset:
     def override(self, **changes: Any) -> Preset:
         """A copy with the given fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 # SGD with coupled L2 as in the paper. lr·wd·steps must be O(1) for weight decay to act

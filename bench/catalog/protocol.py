@@ -38,7 +38,8 @@ class Calib:
     labelled calibration batch (for gradient-based importances such as Taylor or Hessian);
     ``val_x``/``val_y`` the validation split, for choices made on held-out data (LoRITa's
     "auto" rank allocation). ``protected`` names the layers no method may change (the same list
-    for every method); ``allocation`` is LoRITa's rank allocation (``Preset.allocation``).
+    for every method); ``allocation`` is LoRITa's rank allocation (``Preset.allocation``);
+    ``round_to`` the multiple every deployed rank or pruned width is rounded to.
     """
 
     example: torch.Tensor
@@ -50,6 +51,7 @@ class Calib:
     allocation: str = "global"
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    round_to: int = 1  # deployed ranks and pruned widths are multiples of this (``Preset.round_to``)
 
     @property
     def ignored(self) -> list[str]:

@@ -210,7 +210,7 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     model = lead.prepare(model).to(preset.device)
     calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
                   num_classes=data.num_classes, head=head, protected=protected, allocation=preset.allocation,
-                  val_x=data.val_x, val_y=data.val_y)
+                  val_x=data.val_x, val_y=data.val_y, round_to=preset.round_to)
     try:
         trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
         dense = measure_dense(preset, lead, trained, data)
@@ -286,12 +286,11 @@ def _accs(model: nn.Module, data: Splits) -> tuple[float, float | None, float]:
     return accuracy(model, data.test_x, data.test_y), top5, accuracy(model, data.val_x, data.val_y)
 
 
-def _latencies(preset: Preset, dense: nn.Module, deployed: nn.Module, data: Splits
-               ) -> tuple[measure.Paired, measure.Paired]:
-    """(batch 1, throughput batch) A/B latency of ``deployed`` against ``dense``, in that order."""
-    kw = {"device": preset.device, "rounds": preset.latency_rounds}
-    return (measure.latency_ab(dense, deployed, data.input_shape, batch_size=1, **kw),
-            measure.latency_ab(dense, deployed, data.input_shape, batch_size=preset.throughput_batch, **kw))
+def _latencies(preset: Preset, dense: nn.Module, deployed: nn.Module, data: Splits) -> list[measure.SweepEntry]:
+    """A/B latency of ``deployed`` against ``dense`` in each of the preset's modes at each of its batches."""
+    return measure.latency_sweep(dense, deployed, data.input_shape, modes=preset.latency_modes,
+                                 batches=preset.latency_batches(), device=preset.device, rounds=preset.latency_rounds,
+                                 amp=preset.amp, channels_last=preset.channels_last)
 
 
 def measure_dense(preset: Preset, method: Method, trained: Trained, data: Splits) -> Dense:
@@ -349,22 +348,16 @@ def _deployed_fields(preset: Preset, method: Method, deployed: nn.Module, out: C
     acc, top5, val = _accs(deployed, data)
     macs, params = measure.counts(deployed, data.input_shape, preset.device)
     params = method.deployed_params(deployed, params)
-    lat, tput = _latencies(preset, dense.model, deployed, data)
+    sweep = _latencies(preset, dense.model, deployed, data)
     d = dense.fields
     # No delta_acc here: it is taken against the seed's reference (the plainly trained model),
     # which the runner fills in (``bench.records.results.reference_fields``), never the own dense model.
     return {"acc": acc, "acc_top5": top5, "val_acc": val, "params": params,
             "params_drop": 1 - params / d["dense_params"], "macs": macs, "flops_drop": 1 - macs / d["dense_macs"],
             "achieved_drop": out.achieved_drop, "layers": out.layers, "layers_full": out.full,
-            "layer_order": list(out.layers), "note": out.note,
-            "allocation": out.allocation, "allocation_val_acc": out.allocation_val_acc,
-            "latency_device": lat.deployed.device, "latency_batch": 1,
-            "latency_dense_ms": lat.dense.median_ms, "latency_dense_iqr_ms": lat.dense.iqr_ms,
-            "latency_ms": lat.deployed.median_ms, "latency_iqr_ms": lat.deployed.iqr_ms,
-            "speedup_b1": lat.speedup, "speedup_b1_lo": lat.speedup_lo, "speedup_b1_hi": lat.speedup_hi,
-            "throughput_batch": preset.throughput_batch, "throughput_dense_ms": tput.dense.median_ms,
-            "throughput_ms": tput.deployed.median_ms, "speedup_bT": tput.speedup, "speedup_bT_lo": tput.speedup_lo,
-            "speedup_bT_hi": tput.speedup_hi}
+            "layer_order": list(out.layers), "note": measure.sweep_note(out.note, sweep),
+            "allocation": out.allocation, "allocation_val_acc": out.allocation_val_acc, "round_to": preset.round_to,
+            **measure.headline(sweep, preset.latency_modes[0], preset.throughput_batch)}
 
 
 def _training_fields(preset: Preset, stats: TrainStats, ft: TrainStats) -> dict[str, Any]:

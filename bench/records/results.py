@@ -149,6 +149,16 @@ class Record:
     target_missed: bool = False
     # The pre-training's per-epoch validation passes (keep_best), timed apart from pretrain_wall_s.
     pretrain_val_wall_s: float | None = None
+    # Deployed ranks and pruned widths are multiples of round_to (1: not rounded; None: a record
+    # from before the option, which never rounded).
+    round_to: int | None = None
+    # How the headline latency fields (latency_ms, throughput_ms, speedup_b1, speedup_bT) were timed:
+    # one of bench.catalog.presets.LATENCY_MODES; None: a record from before the modes ("eager-fp32").
+    latency_mode: str | None = None
+    # Every A/B latency of this record, one dict per (mode, batch): mode, batch, device, rounds,
+    # dense_ms, dense_iqr_ms, deployed_ms, deployed_iqr_ms, speedup, speedup_lo, speedup_hi and note;
+    # a (mode, batch) that could not run (export failed, out of memory) has only mode, batch and note.
+    latency_sweep: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -46,7 +46,8 @@ class Loaded:
 # folder holds several of each) and the training loop's speed options that change how fast, not
 # what (channels_last). A field missing from an older config.json is left out of its hash.
 IDENTITY = ("dataset", "model", "model_options", "budget", "device", "amp", "compile", "latency_rounds",
-            "throughput_batch", "protect", "allocation", "recipes", "chance_check")
+            "throughput_batch", "latency_modes", "latency_sweep", "round_to", "protect", "allocation", "recipes",
+            "chance_check")
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:

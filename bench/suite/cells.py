@@ -8,7 +8,6 @@ models its records describe, and pytest-benchmark times exactly those.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from bench.execution import job, measure
 from bench.execution.job import Built
 from bench.records.results import Record, reference_fields
 
-WARMUP_ROUNDS = 10  # as bench.execution.measure.latency
+WARMUP_ROUNDS = measure.WARMUP
 # Timed on CPU at the records' fixed intra-op thread count, so that the suite's timings and the
 # records' agree in meaning (and a busy neighbour core does not stall every parallel region).
-CPU_THREADS = inspect.signature(measure.latency).parameters["cpu_threads"].default
+CPU_THREADS = measure.CPU_THREADS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
