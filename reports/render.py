@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.records.results import atomic_write_text
 from bench.records.sources import config_hash
-from reports import health, tables
+from reports import controls, health, tables
 from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
@@ -507,11 +507,12 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
              "Largest FLOPs↓ and Params↓ each method reaches while its accuracy stays within 0.5 pp and within "
              "1 pp of the reference accuracy, zero-shot and after fine-tuning, with the accuracy reached there. "
              "Also as [LaTeX](tables/iso_accuracy.tex) and [CSV](tables/iso_accuracy.csv).", "",
-             iso_md]
+             iso_md, *controls.control_lines(records)]
     if plots:
         from reports.plots import render_all
 
-        figures, skipped = render_all(records, out_dir / "figures")
+        published = {h: c["published"] for h, c in by_hash.items() if c and c.get("published")}
+        figures, skipped = render_all(records, out_dir / "figures", published)
         text += ["## Figures", ""]
         for fig in figures:
             png, svg = fig.png.relative_to(out_dir).as_posix(), fig.svg.relative_to(out_dir).as_posix()

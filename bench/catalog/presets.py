@@ -55,6 +55,11 @@ class Preset:
     # False only for plumbing runs on random-label data, where chance is all a model can reach;
     # a non-finite loss is a collapse either way.
     chance_check: bool = True
+    # Controls run beside the methods (``bench.catalog.controls``): registered control names such as
+    # "scratch:group-l2", each of a method of ``methods``, at ``control_targets`` (empty: every target).
+    # Not part of the configuration's identity: like a method, a control adds cells, not a new config.
+    controls: tuple[str, ...] = ()
+    control_targets: tuple[Target, ...] = ()
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -88,9 +93,28 @@ class Preset:
                 raise UsageError(f"recipe for {key} sets {', '.join(bad)}; accepted: {', '.join(RECIPE_FIELDS)} "
                                  "(epochs and batch size fix the steps, which every method shares)")
             replace(self.budget, **fields)  # the values, checked as the budget checks its own
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        for name in self.controls:
+            control = METHODS.get(name)
+            if control.family != "control" or control.trains_as.name not in self.methods:
+                raise UsageError(f"bad control {name!r}; accepted: a control of a method of this run, e.g. "
+                                 + ", ".join(f"scratch:{m}" for m in self.methods[:3]))
+        if len(set(self.controls)) != len(self.controls):
+            raise UsageError(f"controls given twice: {', '.join(self.controls)}; accepted: each at most once")
+        bad = [str(t) for t in self.control_targets if t not in self.targets]
+        if bad:
+            raise UsageError(f"control targets {', '.join(bad)} are not targets of this run; accepted: "
+                             + ", ".join(str(t) for t in self.targets))
+
+    def targets_of(self, name: str) -> tuple[Target, ...]:
+        """The targets the method or control ``name`` runs at: a control's ``control_targets`` where given."""
+        return self.control_targets if name in self.controls and self.control_targets else self.targets
 
     def budget_for(self, method: Method) -> Budget:
         """The budget ``method`` trains under: the preset's, with its family's and then its own recipe."""
+        method = method.trains_as  # a control trains on the recipe of the method whose cell it copies
         changes = {**self.recipes.get(method.family, {}), **self.recipes.get(method.name, {})}
         return replace(self.budget, **changes) if changes else self.budget
 
@@ -108,6 +132,7 @@ class Preset:
     def recipe_of(self, method: Method) -> dict[str, Any]:
         """The optimizer settings ``method`` used, as records and reports show them."""
         b = self.budget_for(method)
+        method = method.trains_as
         return {"optimizer": b.optimizer, "lr": b.lr, "finetune_lr": b.finetune_lr, "momentum": b.momentum,
                 "weight_decay": b.weight_decay, "schedule": b.schedule, "label_smoothing": b.label_smoothing,
                 "source": self.recipe_source if (method.family in self.recipes or method.name in self.recipes)

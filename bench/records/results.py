@@ -139,6 +139,11 @@ class Record:
     # than target_tolerance away from target_drop is a missed target, and the note says by how much.
     target_tolerance: float = TARGET_TOLERANCE
     target_missed: bool = False
+    # A control (family "control", e.g. scratch:group-l2): the method whose cell (same config, target
+    # and seed) it copies; the report shows the two side by side and never ranks the control.
+    control_of: str | None = None
+    # Low-rank training (lowrank-fixed): the ranks were fixed before training, from the target alone.
+    ranks_fixed_before_training: bool | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
