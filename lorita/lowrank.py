@@ -12,7 +12,6 @@ U and V; ``densify`` multiplies the factors out into the original layer type.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +29,9 @@ KINDS = ("params", "flops")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UniformRankRatio(RankPolicy):
-    """One rank ratio ρ for every layer (rank ``ceil(ρ·full_rank)``), the one whose deployed model drops
-    closest to ``drop`` of the dense model's parameters (``kind="params"``) or MACs (``"flops"``).
+    """One rank ratio ρ for every layer (rank ``ceil(ρ·full_rank)``, give or take one where layers of one
+    shape step together), the one whose deployed model drops closest to ``drop`` of the dense model's
+    parameters (``kind="params"``) or MACs (``"flops"``).
 
     Unlike the target policies it never looks at a spectrum: the ranks depend on the layers' shapes only,
     so they can be chosen before training. A layer whose rank saves nothing stays dense at full rank
@@ -52,21 +52,20 @@ class UniformRankRatio(RankPolicy):
             raise ValueError("a FLOPs target needs example_inputs to count MACs")
         cost = LayerInfo.weight_params if self.kind == "params" else LayerInfo.weight_macs
         total = totals.params if self.kind == "params" else totals.macs
-        dense = sum(cost(li, li.full_rank) for li in layers)
-
-        def at(ratio: float) -> dict[str, int]:
-            return {li.name: max(1, math.ceil(ratio * li.full_rank - 1e-9)) for li in layers}
-
-        def drop_of(ratio: float) -> float:
-            ranks = at(ratio)
-            return (dense - sum(cost(li, ranks[li.name]) for li in layers)) / total
-
-        # The ranks change only where ρ crosses some r/full_rank: those ratios are every distinct choice.
-        ratios = sorted({r / li.full_rank for li in layers for r in range(1, li.full_rank + 1)}, reverse=True)
-        if not ratios:
-            return {}
-        # Ties go to the larger ratio (listed first): the less compressed of two equally close models.
-        return at(min(ratios, key=lambda ratio: abs(drop_of(ratio) - self.drop)))
+        ranks = {li.name: li.full_rank for li in layers}
+        # Lowering ρ, layer li steps down to rank k as ρ passes k/full_rank. Layers of one shape step at the
+        # same ρ, which on a small model jumps over the target; they step one at a time (in model order),
+        # so every rank stays within one of ceil(ρ·full_rank) and the drop moves by one layer's step.
+        steps = sorted(((k / li.full_rank, i, li, k) for i, li in enumerate(layers)
+                        for k in range(li.full_rank - 1, 0, -1)), key=lambda e: (-e[0], e[1]))
+        saved, best, best_gap = 0.0, dict(ranks), abs(self.drop)
+        for _, _, li, k in steps:
+            saved += cost(li, ranks[li.name]) - cost(li, k)
+            ranks[li.name] = k
+            gap = abs(saved / total - self.drop)
+            if gap < best_gap:  # strictly closer: a tie keeps the less compressed ranks found first
+                best, best_gap = dict(ranks), gap
+        return best
 
 
 def spectral_init_(pair: LowRankLinear | LowRankConv2d, weight: torch.Tensor) -> None:

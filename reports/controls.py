@@ -18,6 +18,9 @@ from typing import Any
 from reports.tables import latest, t95
 
 Rec = Mapping[str, Any]
+# An interval containing 0 supports "no difference" only when it is this narrow (half-width, pp); a wider one
+# (a seed that collapsed, a noisy target) supports nothing.
+TIGHT_PP = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +60,9 @@ class Pair:
             return "the method's weights are worth more than its architecture alone"
         if iv[1] < 0:
             return "from scratch is better: the method's value is its architecture"
-        return "no difference beyond the noise: the architecture explains the result"
+        if (iv[1] - iv[0]) / 2 <= TIGHT_PP:
+            return "no difference beyond the noise: the architecture explains the result"
+        return f"inconclusive: the interval is wider than ±{TIGHT_PP:g} pp"
 
 
 def pairs(records: Sequence[Rec]) -> list[Pair]:
