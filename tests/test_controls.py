@@ -177,3 +177,15 @@ def test_accuracy_vs_drop_figure_shows_published_numbers_as_hollow_markers(tmp_p
     assert "l1-filter, Torch-Pruning benchmarks (published, their protocol)" in svg
     (plain,) = plots.accuracy_vs_drop(recs, tmp_path / "none")
     assert "published, their protocol" not in plain.svg.read_text()
+
+
+def test_benchmark_suite_trains_lowrank_fixed_once_per_target_beside_the_shared_trainings():
+    from bench.suite.cells import Suite
+
+    preset = _tiny(methods=("lorita-n1", "lowrank-fixed"), model_options={"depth": 3, "width": 32}).override(
+        targets=(HALF, Target(kind="params", drop=0.7)))
+    suite = Suite(preset, "tiny")
+    built = suite.trained("lowrank-fixed", 0)
+    assert [r.status for r in built.records] == ["ok", "ok"], [r.reason for r in built.records]
+    assert [r.pretrain_id for r in built.records] == [f"lowrank-fixed:{t}" for t in preset.targets]
+    assert set(built.deployed) == set(preset.targets) and all(r.ref_acc is not None for r in built.records)
