@@ -99,6 +99,8 @@ def intro_lines(rows: Sequence[tables.Row], labels: Mapping[str, str] | None = N
     reference accuracy after fine-tuning and zero-shot, with the noise caveat."""
     lorita = list(dict.fromkeys(r.method for r in rows if r.family == "lorita"))
     pruning = list(dict.fromkeys(r.method for r in rows if r.family == "pruning"))
+    lowrank = list(dict.fromkeys(r.method for r in rows if r.family == "lowrank"))
+    controls = any(r.family in tables.UNRANKED for r in rows)
     lines = ["LoRITa (low-rank induced training) trains every compressible layer as a product of N matrices under "
              "weight decay, which drives the product to low rank; after training the N factors are merged into one "
              "weight and its SVD is truncated to meet the target, so the model is compressed with little loss and, "
@@ -108,11 +110,16 @@ def intro_lines(rows: Sequence[tables.Row], labels: Mapping[str, str] | None = N
                 "trained with their sparsity regularizer) and remove the weights, neurons or channels that an "
                 "importance criterion ranks lowest, through torch-pruning; they usually need fine-tuning to recover."
                 if pruning else "")
+             + (f" Low-rank training ({_names(lowrank)}; Khodak et al., ICLR 2021) trains two factors per layer at "
+                "ranks fixed before training, one training per target: LoRITa's claim is that it need not fix them."
+                if lowrank else "")
+             + (" Controls (`scratch:M`: M's deployed architecture trained from scratch, same steps) are listed "
+                "beside their cells under Controls, and never in this headline or a ranking." if controls else "")
              + " Every method then gets the same fine-tuning steps; accuracy is reported both before "
              "(zero-shot) and after fine-tuning.", ""]
     several = len({r.config_hash for r in rows}) > 1
     for (chash, dataset, model), block in tables._blocks(rows, ("config_hash", "dataset", "model")).items():
-        ok = [r for r in block if r.status == "ok"]
+        ok = [r for r in block if r.status == "ok" and r.family not in tables.UNRANKED]
         if not ok:
             continue
         refs = [v for r in ok for v in r.values.get("ref_acc", ())]
