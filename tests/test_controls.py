@@ -36,16 +36,21 @@ def _shape(model: nn.Module) -> list[tuple]:
             for name, m in model.named_modules()]
 
 
-@pytest.mark.parametrize("method", ["group-l2", "lorita-n2"])
-def test_scratch_control_is_the_deployed_architecture_afresh_with_the_same_steps(method):
-    preset = _tiny(model_options={"depth": 3, "width": 32})
+FCN = {"model_options": {"depth": 3, "width": 32}}
+VGG = {"model": "vgg16", "model_options": {"width": 0.0625}}
+
+
+@pytest.mark.parametrize(("method", "model"), [("group-l2", FCN), ("lorita-n2", FCN), ("l1-filter", VGG),
+                                               ("lorita-n1", VGG)])
+def test_scratch_control_is_the_deployed_architecture_afresh_with_the_same_steps(method, model):
+    preset = _tiny(**model)
     work = [(METHODS.get(method), [HALF]), (METHODS.get(f"scratch:{method}"), [HALF])]
     group = job.run_group(preset, work, load("digits"), 0, keep_models=True)
     ours, ctl = group.built[method], group.built[f"scratch:{method}"]
     a, b = ours.deployed[HALF], ctl.deployed[HALF]
     assert _shape(a) == _shape(b)  # layer by layer: the same modules, types and parameter shapes
     if method.startswith("lorita"):
-        assert any(isinstance(m, lorita.LowRankLinear) for m in b.modules())
+        assert any(isinstance(m, lorita.LowRankLinear | lorita.LowRankConv2d) for m in b.modules())
     same = [torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True)]
     assert not any(same)  # re-initialized and trained on its own: no weight carried over
     r, c = ours.record(HALF), ctl.record(HALF)
