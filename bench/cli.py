@@ -106,7 +106,26 @@ def _preset_changes(args: argparse.Namespace) -> dict[str, object]:
             "round_to": args.round_to, "latency_sweep": _ints(args.latency_sweep, "latency sweep")
             if args.latency_sweep else None,
             "latency_modes": tuple(m.strip() for m in args.latency_modes.split(",") if m.strip())
-            if args.latency_modes is not None else None}
+            if args.latency_modes is not None else None,
+            **_controls(args)}
+
+
+def _controls(args: argparse.Namespace) -> dict[str, object]:
+    """``--controls`` and ``--control-targets`` as ``Preset`` fields (empty when not given)."""
+    from bench.catalog import PRESETS
+    from bench.catalog.budget import parse_targets
+    from bench.catalog.controls import parse_controls
+
+    if args.controls is None:
+        if args.control_targets:
+            raise UsageError("--control-targets without --controls; accepted: --controls scratch[:METHOD,…] first")
+        return {}
+    methods = (tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods
+               else PRESETS.get(args.preset).methods)
+    out: dict[str, object] = {"controls": parse_controls(args.controls, methods)}
+    if args.control_targets:
+        out["control_targets"] = parse_targets(args.control_targets)
+    return out
 
 
 def _protect(text: str) -> tuple[str, ...]:
@@ -277,6 +296,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "width=0.5 (`lorita-bench list` names each model's options), merged into the preset's; "
                      f"checked before any training ({d})")
     run.add_argument("--methods", metavar="M,M,…", help=f"comma-separated, from: {{methods}} ({d})")
+    run.add_argument("--controls", metavar="scratch[:M,…]", help="also run controls: scratch trains each method's "
+                     "deployed architecture from scratch with the same steps and recipe (Liu et al. 2019), shown "
+                     "beside the method's cell; scratch:M,… for chosen methods; one extra training per cell "
+                     "(default: none)")
+    run.add_argument("--control-targets", metavar="KIND:DROP,…", help="the targets the controls run at, among "
+                     "--targets (default: every target)")
     run.add_argument("--targets", metavar="KIND:DROP,…", help="compression targets: KIND from {target_kinds}, "
                      f"drops as fractions in (0, 1), e.g. params:0.5,0.7,0.9 or params:0.5,flops:0.7 ({d})")
     run.add_argument("--epochs", type=int, metavar="N", help="total epochs of every method, before plus after "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reports.tables import FAMILY_ORDER, latest, speedup
+from reports.tables import FAMILY_ORDER, UNRANKED, latest, speedup
 
 Rec = Mapping[str, Any]
 
@@ -52,9 +52,14 @@ def _figure(nrows: int, ncols: int, width: float, height: float):  # -> (Figure,
     return fig, [ax for row in axes for ax in row]
 
 
-def _legend(fig: Any, ax: Any, ncols: int = 4) -> None:
+def _legend(fig: Any, ax: Any, ncols: int = 4, more: Sequence[Any] = ()) -> None:
     # Below the panels, outside them: a legend inside an axis hides points wherever it lands.
     handles, labels = ax.get_legend_handles_labels()
+    for other in more:  # entries drawn in other panels only (a published point at a FLOPs target)
+        for h, label in zip(*other.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), fontsize="small",
                    frameon=False)
@@ -126,7 +131,9 @@ def _naming(groups: Iterable[tuple[str, str, str]]) -> Callable[[tuple[str, str,
 
 
 def _ok(records: Iterable[Rec]) -> list[Rec]:
-    return [r for r in latest(records) if r.get("status") == "ok"]
+    # A control repeats its cell's architecture and counts: the report's Controls table shows it beside
+    # that cell, so the figures keep to the methods.
+    return [r for r in latest(records) if r.get("status") == "ok" and r.get("family") not in UNRANKED]
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -164,7 +171,45 @@ NO_SAVING = 0.005  # a method whose FLOPs↓ never exceeds this saves no FLOPs (
 STAGE_FIELDS = (("acc", "after fine-tuning"), ("acc_zero_shot", "zero-shot (before fine-tuning)"))
 
 
-def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
+PUBLISHED_LABEL = "published, their protocol"
+PUBLISHED_MARKERS = ("D", "P", "X", "*", "h")
+
+
+def published_points(published: Sequence[Rec]) -> list[tuple[str, float, float, str]]:
+    """Where each published number sits on the accuracy-vs-drop axes: (panel key "flops_drop" or
+    "params_drop", drop %, accuracy %, legend label), a dense accuracy (``base_acc``) at 0 % in both
+    panels, a compressed one (``acc``) at its target (a published MACs speed-up s at FLOPs↓ 1 − 1/s)."""
+    out = []
+    for p in published:
+        source = re.split(r"[,(]", p.get("source") or "")[0].strip() or "publication"
+        label = f"{p['method']}, {source} ({PUBLISHED_LABEL})"
+        target = p.get("target")
+        if p.get("metric") == "base_acc" or target is None:
+            out += [(k, 0.0, p["value"] * 100, label) for k in ("flops_drop", "params_drop")]
+            continue
+        drop = target["drop"]
+        if target["kind"] == "flops" and p.get("speed_up"):
+            drop = 1 - 1 / p["speed_up"]
+        out.append(("flops_drop" if target["kind"] == "flops" else "params_drop", drop * 100, p["value"] * 100,
+                    label))
+    return out
+
+
+def _draw_published(ax: Any, key: str, points: Sequence[tuple[str, float, float, str]],
+                    styles: Mapping[str, Mapping[str, Any]], floor: float) -> None:
+    """Hollow markers for the published numbers of panel ``key``: never part of a mean or a front."""
+    labels = list(dict.fromkeys(label for *_, label in points))
+    for k, x, y, label in points:
+        if k != key:
+            continue
+        method = label.split(",")[0]
+        color = styles.get(method, {}).get("color", REFERENCE_COLOR)
+        ax.scatter([x], [max(y, floor)], marker=PUBLISHED_MARKERS[labels.index(label) % len(PUBLISHED_MARKERS)],
+                   s=70, facecolors="none", edgecolors=color, linewidths=1.4, zorder=5, label=label)
+
+
+def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path,
+                     published: Mapping[str, Sequence[Rec]] | None = None) -> list[Plot]:
     """Accuracy vs FLOPs↓ and vs Params↓ per (config, dataset, model), fine-tuned in the top row
     and zero-shot (before fine-tuning) in the bottom row when the records carry it: every run as
     a faint point, each operating point's mean as a marker, each method's Pareto front as a line,
@@ -173,7 +218,9 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
     A collapsed operating point (more than ``ACC_WINDOW_PP`` below the reference accuracy)
     would squash every other point into a sliver, so it is drawn on the axis' lower edge as ▼
     with its accuracy written beside it. A method that saves no FLOPs is left out of the FLOPs
-    panel (named in a corner of it) instead of stretching its axis to 0.
+    panel (named in a corner of it) instead of stretching its axis to 0. ``published`` (per config
+    hash, the preset's published numbers as stored in config.json) adds hollow markers to the top row
+    (``published_points``), labelled "published, their protocol": never in a mean or a front.
     """
     ok = [r for r in _ok(records) if r.get("acc") is not None]
     styles = _styles(ok)
@@ -184,8 +231,9 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
         stem, where = name(g)
         stages = [(k, t) for k, t in STAGE_FIELDS if any(r.get(k) is not None for r in rs)]
         ref, ref_label = _reference_acc(rs)
+        pub = published_points((published or {}).get(g[0], ()))
         accs = [r[k] * 100 for r in rs for k, _ in stages if r.get(k) is not None]
-        top = max(accs + ([ref] if ref is not None else []))
+        top = max(accs + ([ref] if ref is not None else []) + [y for _, _, y, _ in pub])
         floor = ref - ACC_WINDOW_PP if ref is not None else -math.inf
         if min(accs) >= floor:
             floor = -math.inf  # nothing to pin: let matplotlib fit the data
@@ -217,6 +265,8 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                         front = [(x, max(y, floor)) for x, y in pareto_front(pts)]
                         ax.plot(*zip(*front, strict=True), color=st["color"], ls=st["ls"], lw=1.6,
                                 label=st["label"], zorder=2)
+                    if row == 0:
+                        _draw_published(ax, key, pub, styles, floor)
                     if ref is not None:
                         ax.axhline(ref, color=REFERENCE_COLOR, ls=(0, (1, 2)), lw=1.3, label=ref_label)
                     if math.isfinite(floor):
@@ -232,7 +282,7 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                 lo, hi = min(ax.get_ylim()[0] for ax in axes), max(ax.get_ylim()[1] for ax in axes)
                 for ax in axes:
                     ax.set_ylim(lo, hi)  # zero-shot and fine-tuned on one scale, so the rows compare
-            _legend(fig, axes[1])
+            _legend(fig, axes[1], more=axes[:1])
             fig.suptitle(f"{where}: accuracy vs compression (lines: each method's Pareto front)")
             zero = ("; bottom row: zero-shot, the compressed model before any fine-tuning, on the same scale"
                     if len(stages) > 1 else "; the records carry no zero-shot accuracy")
@@ -243,7 +293,10 @@ def accuracy_vs_drop(records: Sequence[Rec], out_dir: Path) -> list[Plot]:
                                "Pareto-optimal points (no other point of the same method has both a larger drop "
                                "and a higher accuracy); solid lines LoRITa (blues and purples by N), dashed pruning "
                                "(warm colours and greens); the black dotted line is the reference accuracy. Up and "
-                               "right is better. ▼ marks a point below the axis, its accuracy written beside it."))
+                               "right is better. ▼ marks a point below the axis, its accuracy written beside it."
+                               + (" Hollow markers: numbers the methods' papers published under their own protocol "
+                                  "(dense accuracy at 0 %), for orientation only: never in a mean, front or "
+                                  "ranking." if pub else "")))
     return plots
 
 
@@ -492,12 +545,14 @@ FIGURES: tuple[tuple[str, Callable[[Sequence[Rec], Path], list[Plot]], str], ...
 )
 
 
-def render_all(records: Sequence[Rec], out_dir: Path) -> tuple[list[Plot], list[str]]:
+def render_all(records: Sequence[Rec], out_dir: Path,
+               published: Mapping[str, Sequence[Rec]] | None = None) -> tuple[list[Plot], list[str]]:
     """Every figure the records allow, written into ``out_dir``; and, for each kind of figure that
-    could not be drawn, one line saying why (for the report)."""
+    could not be drawn, one line saying why (for the report). ``published``: per config hash, the
+    published numbers the accuracy-vs-drop figure shows beside the measured ones."""
     plots, skipped = [], []
     for title, draw, why in FIGURES:
-        made = draw(records, Path(out_dir))
+        made = draw(records, Path(out_dir), published) if draw is accuracy_vs_drop else draw(records, Path(out_dir))
         plots += made
         if not made:
             skipped.append(f"{title}: not drawn — {why}.")

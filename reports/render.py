@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.records.results import atomic_write_text
 from bench.records.sources import config_hash, flat
-from reports import health, latency, tables
+from reports import controls, health, latency, tables
 from reports.tables import FAMILY_ORDER, latest, mean_or_none
 
 DEFAULT_TITLE = "LoRITa vs structured pruning"
@@ -89,6 +89,8 @@ def intro_lines(rows: Sequence[tables.Row], labels: Mapping[str, str] | None = N
     reference accuracy after fine-tuning and zero-shot, with the noise caveat."""
     lorita = list(dict.fromkeys(r.method for r in rows if r.family == "lorita"))
     pruning = list(dict.fromkeys(r.method for r in rows if r.family == "pruning"))
+    lowrank = list(dict.fromkeys(r.method for r in rows if r.family == "lowrank"))
+    controls = any(r.family in tables.UNRANKED for r in rows)
     lines = ["LoRITa (low-rank induced training) trains every compressible layer as a product of N matrices under "
              "weight decay, which drives the product to low rank; after training the N factors are merged into one "
              "weight and its SVD is truncated to meet the target, so the model is compressed with little loss and, "
@@ -98,11 +100,16 @@ def intro_lines(rows: Sequence[tables.Row], labels: Mapping[str, str] | None = N
                 "trained with their sparsity regularizer) and remove the weights, neurons or channels that an "
                 "importance criterion ranks lowest, through torch-pruning; they usually need fine-tuning to recover."
                 if pruning else "")
+             + (f" Low-rank training ({_names(lowrank)}; Khodak et al., ICLR 2021) trains two factors per layer at "
+                "ranks fixed before training, one training per target: LoRITa's claim is that it need not fix them."
+                if lowrank else "")
+             + (" Controls (`scratch:M`: M's deployed architecture trained from scratch, same steps) are listed "
+                "beside their cells under Controls, and never in this headline or a ranking." if controls else "")
              + " Every method then gets the same fine-tuning steps; accuracy is reported both before "
              "(zero-shot) and after fine-tuning.", ""]
     several = len({r.config_hash for r in rows}) > 1
     for (chash, dataset, model), block in tables._blocks(rows, ("config_hash", "dataset", "model")).items():
-        ok = [r for r in block if r.status == "ok"]
+        ok = [r for r in block if r.status == "ok" and r.family not in tables.UNRANKED]
         if not ok:
             continue
         refs = [v for r in ok for v in r.values.get("ref_acc", ())]
@@ -528,7 +535,7 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
              "Largest FLOPs↓ and Params↓ each method reaches while its accuracy stays within 0.5 pp and within "
              "1 pp of the reference accuracy, zero-shot and after fine-tuning, with the accuracy reached there. "
              "Also as [LaTeX](tables/iso_accuracy.tex) and [CSV](tables/iso_accuracy.csv).", "",
-             iso_md]
+             iso_md, *controls.control_lines(records)]
     deployed = latency.latency_lines(records)
     if deployed:
         atomic_write_text(out_dir / "tables" / "latency.md", "\n".join(deployed))
@@ -536,7 +543,8 @@ def render(records: Sequence[Rec], out_dir: Path, *, config: Mapping[str, Any] |
     if plots:
         from reports.plots import render_all
 
-        figures, skipped = render_all(records, out_dir / "figures")
+        published = {h: c["published"] for h, c in by_hash.items() if c and c.get("published")}
+        figures, skipped = render_all(records, out_dir / "figures", published)
         text += ["## Figures", ""]
         for fig in figures:
             png, svg = fig.png.relative_to(out_dir).as_posix(), fig.svg.relative_to(out_dir).as_posix()

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 Rec = Mapping[str, Any]
-FAMILY_ORDER = {"lorita": 0, "pruning": 1, "dense": 2}
+FAMILY_ORDER = {"lorita": 0, "lowrank": 1, "pruning": 2, "dense": 3, "control": 4}
+# Controls (e.g. scratch:group-l2) are shown, never ranked: they answer a question about their cell.
+UNRANKED = ("control",)
 ISO_TOLERANCES_PP = (0.5, 1.0)
 DEFAULT_TARGET_TOLERANCE = 0.01  # records without ``target_tolerance``: drops closer than 1 pp are ties
 STAGES = ("fine-tuned", "zero-shot")
@@ -324,11 +326,12 @@ def best(block: Sequence[Row], m: Metric) -> set[int]:
     and the two intervals do not overlap. "drop": the means differ by more than the target-landing
     tolerance, and the seed intervals, where both exist, do not overlap. "speedup": both have an
     interval (seeds or A/B bootstrap) and they do not overlap. Nothing when fewer than two rows
-    have a value.
+    have a value. Controls (``UNRANKED`` families) never compete.
     """
     if m.rule is None:
         return set()
-    have = sorted(((v, i) for i, row in enumerate(block) if (v := row.mean(m.key)) is not None), reverse=True)
+    have = sorted(((v, i) for i, row in enumerate(block)
+                   if row.family not in UNRANKED and (v := row.mean(m.key)) is not None), reverse=True)
     if len(have) < 2:
         return set()
     (top, i_top), (second, i_second) = have[0], have[1]
@@ -597,7 +600,8 @@ def iso_best(block: Sequence[IsoRow], j: int, k: int) -> int | None:
     tolerance, both rest on at least two seeds, and neither is fragile (†): with one seed
     whether a point is within the tolerance is itself a single draw.
     """
-    have = sorted(((v, i) for i, r in enumerate(block) if (v := r.within[j][k]) is not None), reverse=True)
+    have = sorted(((v, i) for i, r in enumerate(block)
+                   if r.family not in UNRANKED and (v := r.within[j][k]) is not None), reverse=True)
     if len(have) < 2:
         return None
     (top, i), (second, i2) = have[0], have[1]

@@ -18,18 +18,21 @@ from bench.execution.runner import BudgetMismatch, check_budget, plan
 from bench.records.results import Record, load_records
 
 
-def test_fashion_mnist_fcn_trains_four_models_per_seed_not_eight(tmp_path):
+def test_fashion_mnist_fcn_trains_four_models_per_seed_not_eight_plus_one_per_target_for_lowrank_fixed(tmp_path):
     preset = PRESETS.get("fashion-mnist-fcn")
     jobs = plan(preset, set(), cache_dir=tmp_path)
     assert [j.pretraining for j in jobs] == [PLAIN, "lorita-n2", "lorita-n3",
+                                             *(f"lowrank-fixed:{t}" for t in preset.targets),
                                              "depgraph-sl:group-norm(reg=0.0005)"]
+    assert all(j.work == (("lowrank-fixed", (t,)),) for j, t in zip(jobs[3:6], preset.targets, strict=True))
     plain = jobs[0]
     assert set(plain.methods) == {"lorita-n1", "l1-filter", "group-l2", "taylor", "random"}
     assert all(targets == preset.targets for _, targets in plain.work)
 
 
 def test_every_plain_method_names_the_same_pretraining_and_regularized_ones_their_own():
-    plain = {e.name for e in METHODS if e.obj.pretraining() == PLAIN}
+    at = Target(kind="params", drop=0.5)
+    plain = {e.name for e in METHODS if e.obj.family != "control" and e.obj.for_target(at).pretraining() == PLAIN}
     assert {"lorita-n1", "l1-filter", "group-l2", "taylor", "hessian", "lamp", "fpgm", "random",
             "magnitude-unstructured"} == plain
     assert len({METHODS.get(m).pretraining() for m in ("lorita-n2", "lorita-n3", "depgraph-sl", "bn-slimming")}) == 4

@@ -1,5 +1,6 @@
 """The registered methods: LoRITa at N = 1..4, every pruning baseline of ``baselines.pruning.BASELINES``
-(registered from that one table, with its description and paper), and unstructured magnitude pruning.
+(registered from that one table, with its description and paper), unstructured magnitude pruning, and
+low-rank training at ranks fixed before training (``lowrank-fixed``, Khodak et al.).
 
 Each is a ``bench.catalog.protocol.Method``: settings only, registered under its ``name``.
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
@@ -20,6 +22,7 @@ from bench.catalog.protocol import PLAIN, Calib, Compressed, Method
 from bench.catalog.registry import METHODS
 from bench.records.errors import NotApplicable
 from bench.records.results import TARGET_TOLERANCE
+from lorita import lowrank
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +33,7 @@ class LoRITa(Method):
     family: str = "lorita"
     n: int
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, calib: Calib | None = None) -> nn.Module:
         return lorita.overparameterize(model, self.n)
 
     def pretraining(self) -> str:
@@ -145,3 +148,65 @@ _register(MagnitudeUnstructured(),
           description="global unstructured L1 weight magnitude (torch.nn.utils.prune); zeros counted as "
           "removed, FLOPs/latency on dense kernels",
           paper="Han et al., Learning both Weights and Connections, NeurIPS 2015")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LowRankFixed(Method):
+    """Low-rank training (Khodak et al., ICLR 2021): every compressible layer but the protected ones trained
+    as two thin factors at a rank fixed before training by one rank ratio that meets the target, spectrally
+    initialized, under Frobenius decay; "compressing" it deploys the trained factors as they are.
+
+    Its training depends on the target, so ``for_target`` binds one (``target``) and each target is its own
+    pre-training (``pretraining`` names it), trained for the full pre-training budget.
+    """
+
+    name: str = "lowrank-fixed"
+    family: str = "lowrank"
+    target: Target | None = None
+
+    def for_target(self, target: Target) -> Method:
+        return replace(self, target=target)
+
+    def pretraining(self) -> str:
+        if self.target is None:
+            raise ValueError(f"{self.name} trains one model per target: bind one with for_target first")
+        return f"{self.name}:{self.target}"
+
+    def prepare(self, model: nn.Module, calib: Calib | None = None) -> nn.Module:
+        if self.target is None or calib is None:
+            raise ValueError(f"{self.name} fixes its ranks from the target and the protected layers: pass both")
+        policy = lowrank.UniformRankRatio(drop=self.target.drop, kind=self.target.kind)
+        # factorize on the untrained model is the spectral initialization: √σ of the standard init's SVD.
+        return lorita.factorize(model, lorita.truncate(model, policy, calib.example, exclude=calib.protected))
+
+    def regularizer(self, model: nn.Module, calib: Calib) -> Callable[[nn.Module], None] | None:
+        return lowrank.frobenius_decay(model, calib.weight_decay, coupled=calib.optimizer == "sgd")
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        return lowrank.densify(model)
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"ranks_fixed_before_training": True}
+
+    def compress(self, model: nn.Module, target: Target, calib: Calib) -> Compressed:
+        if target != self.target:
+            raise ValueError(f"{self.name} was trained for {self.target}, asked for {target}")
+        dense = self.dense_reference(model).eval()
+        macs0, params0 = lorita.count_macs_params(dense, calib.example)
+        macs1, params1 = lorita.count_macs_params(model, calib.example)
+        got = 1 - (params1 / params0 if target.kind == "params" else macs1 / macs0)
+        layers = lorita.compressible_layers(model)
+        ranks = {name: (m.rank if isinstance(m, lorita.LowRankLinear | lorita.LowRankConv2d) else
+                        min(m.weight.shape[0], m.weight[0].numel())) for name, m in layers.items()}
+        full = {name: min(m.weight.shape[0], m.weight[0].numel()) for name, m in
+                lorita.compressible_layers(dense).items()}
+        note = ("ranks fixed before training" + ("" if calib.optimizer == "sgd" else
+                "; AdamW: Frobenius decay enters the gradient and the decoupled decay still acts on the factors"))
+        return Compressed(model=model, achieved_drop=got, layers=ranks, full=full, note=note)
+
+
+_register(LowRankFixed(),
+          description="low-rank training: every layer as two factors at ranks fixed before training (one rank "
+          "ratio meeting the target), spectral initialization, Frobenius decay; one training per target",
+          paper="Khodak, Tenenholtz, Mackey, Fusi, Initialization and Regularization of Factorized Neural "
+          "Layers, ICLR 2021")

@@ -403,3 +403,42 @@ def head_of(model: nn.Module, num_classes: int) -> str | None:
         if isinstance(m, nn.Linear) and m.out_features == num_classes:
             head = name
     return head
+
+
+# The builders that apply ``_init_conv_net``; every other model keeps its layers' own initialization.
+CONV_NET_INIT = ("vgg16", "resnet20", "resnet56")
+
+
+def reinitialize(name: str, model: nn.Module) -> nn.Module:
+    """``model`` (built by ``name``'s builder, then possibly pruned or factorized) with fresh weights drawn
+    as that builder draws them, at the widths it has now; in place, returned.
+
+    Every submodule with ``reset_parameters`` is reset (BatchNorm's running statistics too); a model with
+    its own ``init_weights`` (timm's ViT: its position embedding and class token) re-runs it; the suite's
+    conv nets get their He initialization again. A low-rank factor pair (``lorita.LowRankLinear`` /
+    ``LowRankConv2d``) gets the spectral initialization of a freshly initialized dense layer of its shape
+    (Khodak et al.): the truncated SVD at its rank, √σ in each factor.
+    """
+    import torch
+
+    from lorita.layers import LowRankConv2d, LowRankLinear
+    from lorita.lowrank import spectral_init_
+
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    if callable(getattr(model, "init_weights", None)):
+        model.init_weights()
+    conv_net = name in CONV_NET_INIT
+    if conv_net:
+        _init_conv_net(model)
+    for m in model.modules():
+        if isinstance(m, LowRankLinear | LowRankConv2d):
+            first, second = m[0], m[1]
+            with torch.device(second.weight.device):
+                dense = (nn.Linear(m.in_features, m.out_features) if isinstance(m, LowRankLinear) else
+                         nn.Conv2d(m.in_channels, m.out_channels, first.kernel_size, bias=False))
+            if conv_net:
+                _init_conv_net(dense)
+            spectral_init_(m, dense.weight.to(second.weight.dtype))
+    return model

@@ -28,9 +28,10 @@ LATENCY_MODES = ("eager-fp32", "deploy", "onnxruntime")
 
 # The fields of a Preset that are not part of its configuration's identity (``bench.records.sources.
 # IDENTITY`` lists the others; a test checks that every field is in exactly one of the two): a folder
-# holds several methods, targets and seeds; channels_last changes how fast, not what is trained; the
+# holds several methods, targets, seeds and controls; channels_last changes how fast, not what is trained; the
 # recipes are hashed, not how they were chosen.
-NOT_IDENTITY = ("methods", "targets", "seeds", "channels_last", "recipe_source", "tune_grid")
+NOT_IDENTITY = ("methods", "targets", "seeds", "controls", "control_targets", "channels_last", "recipe_source",
+                "tune_grid")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +76,11 @@ class Preset:
     # batch of ``latency_sweep``; the first mode's numbers are the records' headline latency fields.
     latency_modes: tuple[str, ...] = ("eager-fp32",)
     latency_sweep: tuple[int, ...] = ()
+    # Controls run beside the methods (``bench.catalog.controls``): registered control names such as
+    # "scratch:group-l2", each of a method of ``methods``, at ``control_targets`` (empty: every target).
+    # Not part of the configuration's identity: like a method, a control adds cells, not a new config.
+    controls: tuple[str, ...] = ()
+    control_targets: tuple[Target, ...] = ()
 
     def __post_init__(self) -> None:
         DATASETS.entry(self.dataset)
@@ -109,6 +115,24 @@ class Preset:
                 raise UsageError(f"recipe for {key} sets {', '.join(bad)}; accepted: {', '.join(RECIPE_FIELDS)} "
                                  "(epochs and batch size fix the steps, which every method shares)")
             replace(self.budget, **fields)  # the values, checked as the budget checks its own
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        for name in self.controls:
+            control = METHODS.get(name)
+            if control.family != "control" or control.trains_as.name not in self.methods:
+                raise UsageError(f"bad control {name!r}; accepted: a control of a method of this run, e.g. "
+                                 + ", ".join(f"scratch:{m}" for m in self.methods[:3]))
+        if len(set(self.controls)) != len(self.controls):
+            raise UsageError(f"controls given twice: {', '.join(self.controls)}; accepted: each at most once")
+        bad = [str(t) for t in self.control_targets if t not in self.targets]
+        if bad:
+            raise UsageError(f"control targets {', '.join(bad)} are not targets of this run; accepted: "
+                             + ", ".join(str(t) for t in self.targets))
+
+    def targets_of(self, name: str) -> tuple[Target, ...]:
+        """The targets the method or control ``name`` runs at: a control's ``control_targets`` where given."""
+        return self.control_targets if name in self.controls and self.control_targets else self.targets
 
     def _check_latency(self) -> None:
         """``UsageError`` for a ``round_to``, latency mode or sweep batch the suite does not accept."""
@@ -129,6 +153,7 @@ class Preset:
 
     def budget_for(self, method: Method) -> Budget:
         """The budget ``method`` trains under: the preset's, with its family's and then its own recipe."""
+        method = method.trains_as  # a control trains on the recipe of the method whose cell it copies
         changes = {**self.recipes.get(method.family, {}), **self.recipes.get(method.name, {})}
         return replace(self.budget, **changes) if changes else self.budget
 
@@ -147,6 +172,7 @@ class Preset:
         """The optimizer settings ``method`` used, as records and reports show them: every field a
         recipe or a tuning grid may set (``RECIPE_FIELDS``), its source and the grid."""
         b = self.budget_for(method)
+        method = method.trains_as
         fields = {f: list(v) if isinstance(v := getattr(b, f), tuple) else v for f in RECIPE_FIELDS}
         return {**fields, "source": self.recipe_source if (method.family in self.recipes or method.name in self.recipes)
                 else "preset budget", "grid": {k: list(v) for k, v in self.tune_grid.items()} or None}
@@ -208,8 +234,9 @@ PRESETS.add("ci", Preset(
 # ones. Budgets follow the official LoRITa recipe where it exists (SGD lr 0.01, momentum
 # 0.9, coupled weight decay 1e-3, batch 128, label smoothing 0.1, crop+flip) with a
 # cosine schedule over the suite's shorter total; every method gets the same budget.
-PAPER_METHODS = ("lorita-n1", "lorita-n2", "lorita-n3", "l1-filter", "group-l2", "depgraph-sl", "taylor",
-                 "random")
+# lowrank-fixed: the low-rank training LoRITa's abstract compares with (one training per target).
+PAPER_METHODS = ("lorita-n1", "lorita-n2", "lorita-n3", "lowrank-fixed", "l1-filter", "group-l2", "depgraph-sl",
+                 "taylor", "random")
 CONV_METHODS = (*PAPER_METHODS, "bn-slimming")
 PAPER_TARGETS = (Target(kind="params", drop=0.5), Target(kind="params", drop=0.7), Target(kind="params", drop=0.9),
                  Target(kind="flops", drop=0.5), Target(kind="flops", drop=0.7))
@@ -240,9 +267,9 @@ for _dataset in ("mnist", "fashion-mnist"):
     PRESETS.add(f"{_dataset}-fcn", Preset(
         dataset=_dataset, model="fcn", model_options={"depth": 4, "width": 512}, methods=PAPER_METHODS,
         targets=PAPER_TARGETS[:3], budget=FCN_BUDGET),
-        description=f"paper workload: FCN (4×512) on {_dataset}, LoRITa N=1..3 vs pruning, params drop "
-        "50/70/90%; CPU, about 40 min on 2 cores, busy (4 trainings; estimated from a measured run of 4 of its "
-        "methods at 4 targets, 22 min)")
+        description=f"paper workload: FCN (4×512) on {_dataset}, LoRITa N=1..3 vs low-rank training and pruning, "
+        "params drop 50/70/90%; CPU, about 40 min on 2 cores, busy, for its 4 shared trainings (estimated from a "
+        "measured run of 4 of its methods at 4 targets, 22 min), plus 3 for lowrank-fixed (one per target)")
 for _dataset, _model in (("cifar10", "vgg16"), ("cifar10", "resnet20"), ("cifar100", "vgg16")):
     PRESETS.add(f"{_dataset}-{_model}", Preset(
         dataset=_dataset, model=_model, methods=CONV_METHODS, targets=PAPER_TARGETS, budget=CIFAR_BUDGET,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ from bench.records.results import REFERENCE_PRETRAINING
 # Standard training: N=1 LoRITa and every pruning method without a training-time regularizer
 # start from this one model, which is also the reference every ΔAcc is taken against.
 PLAIN = REFERENCE_PRETRAINING  # "plain", spelled once in bench.records.results
-FAMILIES = ("lorita", "pruning", "dense")
+# "lowrank": low-rank training at ranks fixed before training; "control": a control of another
+# method's cell (its deployed architecture trained from scratch), never ranked among the methods.
+FAMILIES = ("lorita", "pruning", "dense", "lowrank", "control")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +54,10 @@ class Calib:
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     round_to: int = 1  # deployed ranks and pruned widths are multiples of this (``Preset.round_to``)
+    # The optimizer and weight decay the model trains under, for a regularizer that replaces the decay
+    # on some parameters (Frobenius decay on low-rank factors).
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
 
     @property
     def ignored(self) -> list[str]:
@@ -85,10 +91,29 @@ class Method:
     name: str
     family: str
     n: int | None = None
+    # A control trains the deployed architecture again, from a fresh initialization, for the budget's
+    # pre-training steps before its fine-tuning (bench.execution.controls).
+    retrains: ClassVar[bool] = False
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The model to train (e.g. over-parameterized); may modify ``model`` in place."""
+    def prepare(self, model: nn.Module, calib: Calib | None = None) -> nn.Module:
+        """The model to train (e.g. over-parameterized); may modify ``model`` in place. ``calib`` carries
+        the protected layers and an example input, for a preparation that counts or skips layers."""
         return model
+
+    def for_target(self, target: Target) -> Method:
+        """This method as it trains for ``target``: itself, unless what it trains depends on the target
+        (ranks fixed before training); then one training per target, each with its own ``pretraining``."""
+        return self
+
+    @property
+    def trains_as(self) -> Method:
+        """The method whose recipe (``Preset.budget_for``) this one trains with: itself, or for a control
+        the method whose cell it copies."""
+        return self
+
+    def record_fields(self) -> dict[str, Any]:
+        """Record fields this method sets on every record it makes (a control's link to its cell)."""
+        return {}
 
     def pretraining(self) -> str:
         """The identity of the model this method compresses: ``PLAIN`` for standard training;

@@ -31,7 +31,7 @@ from bench.catalog.models import build, head_of, protected_layers
 from bench.catalog.presets import Preset
 from bench.catalog.protocol import Calib, Compressed, Method
 from bench.catalog.registry import METHODS
-from bench.execution import cache, distributed, measure
+from bench.execution import cache, controls, distributed, measure
 from bench.execution.provenance import versions
 from bench.execution.train import TrainStats, accuracy, steps_per_epoch, train
 from bench.records.errors import NotApplicable, TrainingDiverged
@@ -143,7 +143,7 @@ def record_base(preset: Preset, method: Method, target: Target, seed: int) -> di
     return {"dataset": preset.dataset, "model": preset.model, "method": method.name, "family": method.family,
             "n": method.n, "target_kind": target.kind, "target_drop": target.drop, "seed": seed,
             "config_hash": preset.config_hash(), "versions": versions(), "pretrain_id": preset.pretraining_of(method),
-            "recipe": preset.recipe_of(method)}
+            "recipe": preset.recipe_of(method), **method.record_fields()}
 
 
 def collapsed(val_acc: float, num_classes: int, n_val: int) -> bool:
@@ -157,7 +157,8 @@ def collapsed(val_acc: float, num_classes: int, n_val: int) -> bool:
 
 def failed_records(job: TrainJob, reason: str) -> tuple[Record, ...]:
     """A failed record for each target of ``job``, which raised (or was lost) with ``reason``."""
-    return tuple(Record(**record_base(job.preset, METHODS.get(name), t, job.seed), status="failed", reason=reason)
+    return tuple(Record(**record_base(job.preset, METHODS.get(name).for_target(t), t, job.seed), status="failed",
+                        reason=reason)
                  for name, targets in job.work for t in targets)
 
 
@@ -179,6 +180,22 @@ def run_job(job: TrainJob, data: Splits | None = None, *, progress: bool = False
                      dense_val_acc=group.dense_val_acc, training=group.training)
 
 
+def run_method(preset: Preset, method: Method, data: Splits, targets: list[Target], seed: int, *,
+               progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Built:
+    """Every record of one (method, seed): ``run_group`` for that method alone, once per training where
+    what it trains depends on the target (``Method.for_target``), the records in ``targets``' order."""
+    by_training: dict[str, list[Target]] = {}
+    for t in targets:
+        by_training.setdefault(preset.pretraining_of(method.for_target(t)), []).append(t)
+    parts = [run_group(preset, [(method, ts)], data, seed, progress=progress, cache_dir=cache_dir,
+                       keep_models=keep_models).built[method.name] for ts in by_training.values()]
+    if len(parts) == 1:
+        return parts[0]
+    records = {(r.target_kind, r.target_drop): r for b in parts for r in b.records}
+    return Built(records=tuple(records[t.kind, t.drop] for t in targets), dense=parts[0].dense,
+                 deployed={t: m for b in parts for t, m in b.deployed.items()}, spectra=parts[0].spectra)
+
+
 def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Splits, seed: int, *,
               progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Group:
     """One training (or a cached one) shared by every method of ``work``, then each method's targets.
@@ -190,8 +207,9 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     trained model is loaded from / saved to a checkpoint there. With ``keep_models``, each
     ``Built`` also holds the dense and deployed models (else they are freed as the job goes).
     """
-    if len(ids := {preset.pretraining_of(m) for m, _ in work}) > 1:
+    if len(ids := {preset.pretraining_of(m.for_target(t)) for m, ts in work for t in ts}) > 1:
         raise ValueError(f"one job trains one model; got pretrainings {sorted(ids)}")
+    work = [(m.for_target(ts[0]) if ts else m, ts) for m, ts in work]  # a training that depends on its target
     torch.manual_seed(seed)  # the same initial weights for every method at this seed
     model = build(preset.model, data.num_classes, data.input_shape, preset.model_options).to(preset.device)
     built, active = {}, []
@@ -207,10 +225,12 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     lead = active[0][0] if active else REFERENCE  # every method of the group prepares and trains the same way
     head = head_of(model, data.num_classes)  # named in the original architecture
     protected = protected_layers(model, data.num_classes, preset.protect)
-    model = lead.prepare(model).to(preset.device)
+    budget = preset.budget_for(lead)
     calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
                   num_classes=data.num_classes, head=head, protected=protected, allocation=preset.allocation,
-                  val_x=data.val_x, val_y=data.val_y, round_to=preset.round_to)
+                  val_x=data.val_x, val_y=data.val_y, round_to=preset.round_to, optimizer=budget.optimizer,
+                  weight_decay=budget.weight_decay)
+    model = lead.prepare(model, calib).to(preset.device)
     try:
         trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
         dense = measure_dense(preset, lead, trained, data)
@@ -325,18 +345,26 @@ def one_target(preset: Preset, method: Method, trained: Trained, dense: Dense, d
     try:
         out = method.compress(copy.deepcopy(trained.model), target, calib)
         deployed = out.model.to(preset.device)
+        scratch = controls.pretrain(preset, method, deployed, data, seed, progress=progress)  # a control only
+        if scratch is not None and preset.chance_check and collapsed(
+                accuracy(deployed, data.val_x, data.val_y), data.num_classes, len(data.val_y)):
+            raise TrainingDiverged(f"training from scratch collapsed to chance after {scratch.steps} steps",
+                                   curve=scratch.curve())
         zero_shot = {"acc_zero_shot": accuracy(deployed, data.test_x, data.test_y),
                      "val_acc_zero_shot": accuracy(deployed, data.val_x, data.val_y)}
         budget = preset.budget_for(method)
         ft = train(deployed, data, budget, epochs=budget.finetune_epochs, lr=budget.finetune_lr, seed=seed + 1,
                    progress=progress, desc=f"{method.name} {target} fine-tune", **preset.speed())
         deployed = method.finalize(deployed).eval()
-        r = Record(**base, **dense.fields, **zero_shot, protected=list(calib.protected),
-                   **_deployed_fields(preset, method, deployed, out, data, dense),
-                   **_training_fields(preset, trained.stats, ft), finetune_decay_budget=decay_budget(budget, ft.lr_sum))
+        r = Record(**base, **{**dense.fields, **controls.pretrain_fields(preset, method, scratch)}, **zero_shot,
+                   protected=list(calib.protected), **_deployed_fields(preset, method, deployed, out, data, dense),
+                   **_training_fields(preset, scratch or trained.stats, ft),
+                   finetune_decay_budget=decay_budget(budget, ft.lr_sum))
         return replace(r, **landing(target.kind, target.drop, r.params_drop, r.flops_drop, r.note)), deployed
     except NotApplicable as why:
         return Record(**base, status="skipped", reason=str(why)), None
+    except TrainingDiverged as why:  # a control's own training: never ranked, listed with its curve
+        return Record(**base, status="diverged", reason=str(why), pretrain_curve=why.curve), None
     except Exception as err:
         log.exception("%s at %s failed", method.name, target)
         return Record(**base, status="failed", reason=f"{type(err).__name__}: {err}"), None

@@ -74,10 +74,14 @@ def plan(preset: Preset, done: set[tuple], *, cache_dir: Path, data_dir: Path | 
     chash, jobs = preset.config_hash(), []
     for seed in preset.seeds:
         groups: dict[str, list[tuple[str, tuple[Target, ...]]]] = {}
-        for name in preset.methods:
-            pending = tuple(t for t in preset.targets if _cell(chash, preset, name, t, seed) not in done)
-            if pending:
-                groups.setdefault(preset.pretraining_of(METHODS.get(name)), []).append((name, pending))
+        for name in (*preset.methods, *preset.controls):
+            # One job per training: a method whose training depends on the target gets one per target.
+            by_training: dict[str, list[Target]] = {}
+            for t in preset.targets_of(name):
+                if _cell(chash, preset, name, t, seed) not in done:
+                    by_training.setdefault(preset.pretraining_of(METHODS.get(name).for_target(t)), []).append(t)
+            for pretraining, pending in by_training.items():
+                groups.setdefault(pretraining, []).append((name, tuple(pending)))
         if PLAIN not in groups and seed not in references:  # also when every cell is done: a later run fills the gap
             groups[PLAIN] = []
         for pretraining in sorted(groups, key=lambda p: p != PLAIN):
@@ -117,8 +121,8 @@ def _merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     if not old:
         return new
     union = dict(new)
-    for key in ("methods", "targets", "seeds"):
-        both = [*old.get(key, ()), *new[key]]
+    for key in ("methods", "targets", "seeds", "controls"):
+        both = [*old.get(key, ()), *new.get(key, ())]
         union[key] = list({json.dumps(v, sort_keys=True): v for v in both}.values())
     if "published" not in union and old.get("published"):
         union["published"] = old["published"]

@@ -159,6 +159,11 @@ class Record:
     # dense_ms, dense_iqr_ms, deployed_ms, deployed_iqr_ms, speedup, speedup_lo, speedup_hi and note;
     # a (mode, batch) that could not run (export failed, out of memory) has only mode, batch and note.
     latency_sweep: list[dict[str, Any]] = field(default_factory=list)
+    # A control (family "control", e.g. scratch:group-l2): the method whose cell (same config, target
+    # and seed) it copies; the report shows the two side by side and never ranks the control.
+    control_of: str | None = None
+    # Low-rank training (lowrank-fixed): the ranks were fixed before training, from the target alone.
+    ranks_fixed_before_training: bool | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

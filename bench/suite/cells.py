@@ -113,15 +113,20 @@ class Suite:
         """
         key = (method, seed)
         if key not in self._trained:
-            pretraining = self.preset.pretraining_of(METHODS.get(method))
+            pretraining = self._pretraining(method)
             if pretraining != PLAIN and seed not in self._refs:
                 self._reference(seed)
-            group = [METHODS.get(m) for m in self.preset.methods
-                     if self.preset.pretraining_of(METHODS.get(m)) == pretraining]
+            group = ([METHODS.get(method)] if pretraining is None else
+                     [METHODS.get(m) for m in self.preset.methods if self._pretraining(m) == pretraining])
             work = [(m, list(self.preset.targets)) for m in group]
             try:
-                group_out = job.run_group(self.preset, work, self.data, seed, cache_dir=self.cache_dir,
-                                          keep_models=True)
+                if pretraining is None:  # one training per target (lowrank-fixed): run_method trains each
+                    one = job.run_method(self.preset, group[0], self.data, list(self.preset.targets), seed,
+                                         cache_dir=self.cache_dir, keep_models=True)
+                    group_out = job.Group(built={method: one})
+                else:
+                    group_out = job.run_group(self.preset, work, self.data, seed, cache_dir=self.cache_dir,
+                                              keep_models=True)
                 if pretraining == PLAIN and group_out.dense_acc is not None:
                     self._refs[seed] = (group_out.dense_acc, group_out.dense_val_acc)
                 ref = self._refs.get(seed)
@@ -135,10 +140,17 @@ class Suite:
             raise RuntimeError(f"training {method} at seed {seed} failed: {got}") from got
         return got
 
+    def _pretraining(self, method: str) -> str | None:
+        """What ``method`` trains (shared by the methods that name it), or ``None`` where that depends on
+        the target (a training per target, shared with no other method)."""
+        m = METHODS.get(method)
+        ids = {self.preset.pretraining_of(m.for_target(t)) for t in self.preset.targets}
+        return ids.pop() if len(ids) == 1 else None
+
     def _reference(self, seed: int) -> None:
         """Train the preset's plain methods at ``seed`` (or, with none, the plain model alone):
         the reference accuracy every other record of the seed is measured against."""
-        plain = [m for m in self.preset.methods if self.preset.pretraining_of(METHODS.get(m)) == PLAIN]
+        plain = [m for m in self.preset.methods if self._pretraining(m) == PLAIN]
         if plain:
             # A failure is recorded with the plain methods' cells; the others go on without a reference.
             with contextlib.suppress(RuntimeError):
