@@ -304,6 +304,28 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "--targets (default: every target)")
     run.add_argument("--targets", metavar="KIND:DROP,…", help="compression targets: KIND from {target_kinds}, "
                      f"drops as fractions in (0, 1), e.g. params:0.5,0.7,0.9 or params:0.5,flops:0.7 ({d})")
+    run.add_argument("--cache-dir", metavar="DIR", help="trained-model checkpoints, shared by runs (default: "
+                     "$LORITA_BENCH_CACHE, else ~/.cache/lorita-bench/checkpoints)")
+    run.add_argument("--seeds", metavar="S,S,…", help="comma-separated seeds; several give means with 95 %% intervals "
+                     f"({d}: 0)")
+    run.add_argument("--device", metavar="DEV", help=f"cpu, cuda or cuda:N ({d}: cpu for quick, ci and the "
+                     "*-fcn presets, cuda for the others)")
+    run.add_argument("--data-dir", metavar="DIR", help="data set folder in torchvision's layout; digits needs "
+                     "none (default: $LORITA_BENCH_DATA, else ~/.cache/lorita-bench/data)")
+    run.add_argument("--download", action="store_true", help="fetch missing data sets into the data folder; needs "
+                     "internet (default: off)")
+    run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
+                     "terminal; elsewhere one line per training, fine-tuning and run)")
+    _add_budget_options(run)
+    _add_protocol_options(run)
+    _add_deploy_options(run)
+    _add_executor_options(run)
+    run.set_defaults(fn=_cmd_run)
+
+
+def _add_budget_options(run: argparse.ArgumentParser) -> None:
+    """The training budget every method shares (epochs, batch, optimizer, schedule) and its speed options."""
+    d = PRESETS_DEFAULT
     run.add_argument("--epochs", type=int, metavar="N", help="total epochs of every method, before plus after "
                      f"compression ({d})")
     run.add_argument("--finetune-epochs", type=int, metavar="N", help="of --epochs, those spent fine-tuning after "
@@ -322,18 +344,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      "use it (default: the preset's: autocast on, except the repro-* presets)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (default: "
                      "off, as in every preset)")
-    run.add_argument("--cache-dir", metavar="DIR", help="trained-model checkpoints, shared by runs (default: "
-                     "$LORITA_BENCH_CACHE, else ~/.cache/lorita-bench/checkpoints)")
-    run.add_argument("--seeds", metavar="S,S,…", help="comma-separated seeds; several give means with 95 %% intervals "
-                     f"({d}: 0)")
-    run.add_argument("--device", metavar="DEV", help=f"cpu, cuda or cuda:N ({d}: cpu for quick, ci and the "
-                     "*-fcn presets, cuda for the others)")
-    run.add_argument("--data-dir", metavar="DIR", help="data set folder in torchvision's layout; digits needs "
-                     "none (default: $LORITA_BENCH_DATA, else ~/.cache/lorita-bench/data)")
-    run.add_argument("--download", action="store_true", help="fetch missing data sets into the data folder; needs "
-                     "internet (default: off)")
-    run.add_argument("--no-progress", action="store_true", help="no progress output (default: bars in a "
-                     "terminal; elsewhere one line per training, fine-tuning and run)")
+
+
+def _add_protocol_options(run: argparse.ArgumentParser) -> None:
+    """What every method may touch and how it is judged: protected layers, rank allocation, the chance
+    check, and recipes tuned on the validation split."""
+    d = PRESETS_DEFAULT
     run.add_argument("--protect", metavar="PATTERN,…", help="layers no method may change, the same for every "
                      "method: @head (the classifier) and glob patterns on layer names, e.g. @head,features.0; "
                      "none protects nothing; checked against the model before any training (default: @head)")
@@ -351,9 +367,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tune-grid", metavar="FIELD=V,…;…", help="the grid --tune searches, each value typed as the "
                      "budget field it sets, e.g. 'weight_decay=1e-4,1e-3;nesterov=true,false;milestones=0.5/0.75,0.3' "
                      "(default: weight decay ×1/3, ×1, ×3)")
-    _add_deploy_options(run)
-    _add_executor_options(run)
-    run.set_defaults(fn=_cmd_run)
 
 
 def _add_deploy_options(run: argparse.ArgumentParser) -> None:

@@ -223,13 +223,7 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
     if work and not active:
         return Group(built=built)
     lead = active[0][0] if active else REFERENCE  # every method of the group prepares and trains the same way
-    head = head_of(model, data.num_classes)  # named in the original architecture
-    protected = protected_layers(model, data.num_classes, preset.protect)
-    budget = preset.budget_for(lead)
-    calib = Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
-                  num_classes=data.num_classes, head=head, protected=protected, allocation=preset.allocation,
-                  val_x=data.val_x, val_y=data.val_y, round_to=preset.round_to, optimizer=budget.optimizer,
-                  weight_decay=budget.weight_decay)
+    calib = _calib(preset, lead, model, data)
     model = lead.prepare(model, calib).to(preset.device)
     try:
         trained = trained_model(preset, lead, model, data, calib, seed, progress=progress, cache_dir=cache_dir)
@@ -243,7 +237,7 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
         for method, targets in active:
             built[method.name] = Built(records=tuple(
                 Record(**record_base(preset, method, t, seed), status="diverged", reason=str(why),
-                       pretrain_curve=why.curve, protected=list(protected)) for t in targets))
+                       pretrain_curve=why.curve, protected=list(calib.protected)) for t in targets))
         return Group(built={m.name: built[m.name] for m, _ in work})
     for method, targets in active:
         records, deployed = [], {}
@@ -259,6 +253,17 @@ def run_group(preset: Preset, work: list[tuple[Method, list[Target]]], data: Spl
                  dense_val_acc=dense.fields["base_val_acc"],
                  training={"steps": trained.stats.steps, "wall_s": trained.stats.wall_s, "cached": trained.cached})
 
+
+
+def _calib(preset: Preset, lead: Method, model: nn.Module, data: Splits) -> Calib:
+    """What ``lead``'s compression may look at, for ``model`` as built (not yet prepared): layers are
+    named in the original architecture."""
+    budget = preset.budget_for(lead)
+    return Calib(example=data.train_x[:1], batch_x=data.train_x[:CALIB_BATCH], batch_y=data.train_y[:CALIB_BATCH],
+                 num_classes=data.num_classes, head=head_of(model, data.num_classes),
+                 protected=protected_layers(model, data.num_classes, preset.protect), allocation=preset.allocation,
+                 val_x=data.val_x, val_y=data.val_y, round_to=preset.round_to, optimizer=budget.optimizer,
+                 weight_decay=budget.weight_decay)
 
 def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits, calib: Calib, seed: int, *,
                   progress: bool = False, cache_dir: Path | None = None) -> Trained:
