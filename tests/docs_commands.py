@@ -16,6 +16,8 @@ itself inside a test that tox runs would rebuild the very environment it runs in
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```([\w-]*)\s*$")
 MARKER = re.compile(r'^<!--\s*docs-test:\s*parse-only(?:\s+"([^"]+)")?\s*(.*?)\s*-->\s*$')
 SHELL = ("bash", "sh", "shell", "console")
-INLINE = re.compile(r"`(lorita-bench [^`]+)`")
+INLINE = re.compile(r"`((?:\./run )?lorita-bench [^`]+)`")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,7 +202,8 @@ def _parse_cli(argv: list[str], where: str) -> None:
     from bench.catalog.registry import METHODS, PRESETS
 
     try:
-        args = cli.parser().parse_args(argv)
+        with contextlib.redirect_stdout(io.StringIO()):  # --help prints; only its exit code matters
+            args = cli.parser().parse_args(argv)
     except SystemExit as exit_:
         assert exit_.code == 0 and "--help" in argv, f"{where}: lorita-bench rejects these options"
         return
