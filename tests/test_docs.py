@@ -171,3 +171,46 @@ def test_record_reference_is_generated_from_the_current_record(monkeypatch):
     monkeypatch.delitem(fields.NOTES, "dataset")  # a field nobody described fails, by name
     with pytest.raises(ValueError, match="dataset"):
         fields.render()
+
+
+def _fake_bootstrap(tmp_path: Path, made_from: str) -> tuple[Path, Path]:
+    """A copy of ./run beside a stand-in .tox/.bootstrap whose tox only logs how it was called."""
+    repo = tmp_path / "repo"
+    boot = repo / ".tox" / ".bootstrap"
+    (boot / "bin").mkdir(parents=True)
+    shutil.copy(ROOT / "run", repo / "run")
+    log = tmp_path / "tox.log"
+    (boot / "pyvenv.cfg").write_text(f"home = {Path(made_from).parent}\nexecutable = {made_from}\n")
+    (boot / "bin" / "python").write_text("#!/bin/sh\nexit 0\n")  # "import tox" succeeds
+    (boot / "bin" / "tox").write_text(f'#!/bin/sh\necho "tox $*" >> {log}\n')
+    for exe in ("python", "tox"):
+        (boot / "bin" / exe).chmod(0o755)
+    return repo, log
+
+
+def test_run_quick_and_run_lorita_bench_call_tox_exec_in_the_tests_env(tmp_path):
+    repo, log = _fake_bootstrap(tmp_path, os.path.realpath(sys.executable))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    done = subprocess.run([str(repo / "run"), "quick", "--seeds", "0,1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "./run lorita-bench" in done.stderr  # the hint that ends ./run quick
+    done = subprocess.run([str(repo / "run"), "lorita-bench", "list", "quick"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "tox run -q -e tests --notest",
+        "tox exec -q -e tests -- lorita-bench run --preset quick --out out/quick --seeds 0,1",
+        "tox run -q -e tests --notest",
+        "tox exec -q -e tests -- lorita-bench list quick"]
+
+
+def test_run_rebuilds_a_bootstrap_made_from_another_python(tmp_path):
+    repo, _ = _fake_bootstrap(tmp_path, "/no/such/python3.99")
+    # A PYTHON without venv support stops right after the bootstrap was removed, before any install.
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/sh\ncase "$*" in *ensurepip*) exit 1;; *executable*) echo /opt/py/python3;; esac\n')
+    fake.chmod(0o755)
+    done = subprocess.run([str(repo / "run"), "quick"], env={**os.environ, "PYTHON": str(fake)},
+                          capture_output=True, text=True)
+    assert "is not the interpreter .tox/.bootstrap was made from (/no/such/python3.99)" in done.stderr
+    assert done.returncode == 2 and "ensurepip" in done.stderr and not (repo / ".tox" / ".bootstrap").exists()
