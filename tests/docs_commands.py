@@ -46,8 +46,10 @@ class Command:
 
 
 def docs() -> list[Path]:
-    """The docs whose commands are run, in order: README, docs/*.md, reference/README.md."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "reference" / "README.md"]
+    """The docs whose commands are run, in order: README, docs/*.md, the READMEs of docs/' example
+    folders (how each was made), reference/README.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs").glob("*/README.md")),
+            ROOT / "reference" / "README.md"]
 
 
 def _commands(lines: list[str], start: int, doc: str, prefix: str | None, reason: str | None) -> list[Command]:
@@ -109,16 +111,21 @@ def blocks(path: Path) -> list[list[Command]]:
 
 
 def inline(path: Path) -> list[Command]:
-    """``lorita-bench …`` commands written as inline code outside fenced blocks (checked by parsing)."""
+    """``lorita-bench …`` commands written as inline code or as an indented code line, outside fenced
+    blocks (checked by parsing: they record how a committed folder was made, often at full size)."""
     out, in_fence = [], False
     doc = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.startswith("```"):
             in_fence = not in_fence
             continue
-        if not in_fence:
-            out += [Command(text=m.group(1), doc=doc, line=n, parse_only=True, reason="inline")
-                    for m in INLINE.finditer(line)]
+        if in_fence:
+            continue
+        if line.startswith("    lorita-bench "):
+            out.append(Command(text=_drop_comment(line), doc=doc, line=n, parse_only=True, reason="indented"))
+            continue
+        out += [Command(text=m.group(1), doc=doc, line=n, parse_only=True, reason="inline")
+                for m in INLINE.finditer(line)]
     return out
 
 
