@@ -33,6 +33,33 @@ class Flags:
 CLI_FLAGS = Flags(device="--device", data_dir="--data-dir", download="--download")
 SUITE_FLAGS = Flags(device="--lorita-device", data_dir="--lorita-data-dir")
 
+# LORITA_BENCH_TINY=1 shrinks whatever preset a command resolves to, so that the documented
+# commands can be run as written, in seconds (tests/test_docs.py). One place, both front ends.
+TINY_ENV = "LORITA_BENCH_TINY"
+# The regression gate's reference is this preset's full run: shrunk, `compare` would fail by design,
+# and at ~20 s it is already small.
+TINY_EXEMPT = ("ci",)
+
+
+def tiny(preset: Preset) -> Preset:
+    """``preset`` shrunk for a smoke run: 2 epochs (1 of them fine-tuning where the preset fine-tunes),
+    its first seed, its first target and 3 latency rounds; every other field kept.
+
+    What ``LORITA_BENCH_TINY=1`` applies to every preset but ``TINY_EXEMPT``. The numbers it gives
+    measure nothing; it exists to check that a command runs.
+    """
+    budget = replace(preset.budget, epochs=2, finetune_epochs=min(preset.budget.finetune_epochs, 1))
+    return preset.override(budget=budget, seeds=preset.seeds[:1], targets=preset.targets[:1],
+                           latency_rounds=min(preset.latency_rounds, 3))
+
+
+def tiny_requested() -> bool:
+    """Whether ``LORITA_BENCH_TINY`` asks for tiny runs ("1"); ``UsageError`` for another value than "0" or "1"."""
+    value = os.environ.get(TINY_ENV, "0")
+    if value not in ("0", "1"):
+        raise UsageError(f"bad {TINY_ENV}={value!r}; accepted: 1 (shrink every preset for a smoke run) or 0")
+    return value == "1"
+
 
 def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None = None,
                    budget_changes: Mapping[str, Any] | None = None,
@@ -46,7 +73,8 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
     ``model_options`` are merged into the preset's when the model stays the preset's; a
     ``changes["model"]`` naming another model starts from that model's own defaults, so the
     preset's options (an FCN's depth and width) are dropped, and ``note`` is told so in one
-    line. ``runs_here`` says whether the jobs run on this machine, whose CUDA is then theirs
+    line. With ``LORITA_BENCH_TINY=1`` the result is shrunk by ``tiny`` (the ``ci`` gate excepted).
+    ``runs_here`` says whether the jobs run on this machine, whose CUDA is then theirs
     (jobs sent to a cluster find the node's GPU, or fail there as failed records). The model
     is built once on the meta device at the data set's input shape (``check_model_builds``),
     so that a bad option fails here, before any training, and not as a failed record per run.
@@ -69,6 +97,8 @@ def resolve_preset(name: str, *, flags: Flags, changes: Mapping[str, Any] | None
         options = {}
     changes["model_options"] = {**options, **(model_options or {})}
     preset = preset.override(**changes)
+    if tiny_requested() and name not in TINY_EXEMPT:
+        preset = tiny(preset)
     if data_dir is not None and not download and not Path(data_dir).is_dir():
         also = f", or add {flags.download}" if flags.download else ""
         raise UsageError(f"data directory {data_dir} does not exist; pass an existing folder to "

@@ -1,4 +1,5 @@
-"""MACs and parameter counts with torch-pruning's counter, made honest for factorized attention.
+"""MACs and parameter counts with torch-pruning's counter, made honest for factorized attention
+and for un-merged LoRITa compositions.
 
 torch-pruning counts a timm ``Attention`` block in one analytic hook that assumes dense
 ``qkv`` and a square dense ``proj``; it would count a factorized (or head-pruned)
@@ -6,6 +7,11 @@ projection as if it were still dense. Here timm's attention is counted with the 
 formula, but with the projections' real cost taken from the ``nn.Linear`` modules they
 are made of. Every other module is counted by torch-pruning unchanged, and for a dense
 timm model both give the same total.
+
+A LoRITa composition (``lorita.layers``) may run its factors folded into one weight, and
+then the counter's hooks on the factors never fire. Counting runs every composition as
+the chain of its factors, so an un-merged model counts what its N factors cost whichever
+order its forward would pick for this input.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import re
 
 import torch
 from torch import nn
+
+from lorita.layers import ConvComposition, LinearComposition
 
 __all__ = ["TIMM_FLOOR", "count_macs_params", "timm_attention"]
 
@@ -70,7 +78,9 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
     """(MACs per sample, parameters) of ``model`` on ``example_inputs``; FLOPs = 2·MACs.
 
     Uses ``torch_pruning.utils.count_ops_and_params`` (the model is deep-copied there and
-    run once in eval mode), with timm attention blocks counted from their actual projections.
+    run once in eval mode), with timm attention blocks counted from their actual projections
+    and every un-merged composition counted as the chain of its N factors (what training it
+    costs per sample), never as the folded single layer its forward may choose.
     """
     import torch_pruning as tp
     from torch_pruning.utils import op_counter
@@ -79,8 +89,15 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
     if TimmAttention is not None:
         # count_ops_and_params clears this mapping when it returns.
         op_counter.CUSTOM_MODULES_MAPPING[TimmAttention] = _timm_attention_hook
+    compositions = [m for m in model.modules() if isinstance(m, LinearComposition | ConvComposition)]
     try:
+        # An instance attribute shadows the class's forward; the counter's deep copy keeps it
+        # (a bound method is copied bound to the copied module).
+        for m in compositions:
+            m.forward = m._chain
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     finally:
         op_counter.CUSTOM_MODULES_MAPPING = {}
+        for m in compositions:
+            del m.forward
     return float(macs), int(params)

@@ -165,13 +165,24 @@ def test_fashion_mnist_without_debian_package_names_both_places(tmp_path):
     assert "--data-dir" in msg and "--download" in msg
 
 
-def test_explicit_data_dir_does_not_fall_back_to_debian(tmp_path, monkeypatch):
+def test_data_dir_without_fashion_mnist_takes_the_debian_copy_into_it(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    arrays = write_idx(debian, idx_set(np.random.default_rng(7)), compress=True)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    (tmp_path / "mine").mkdir()
+    d = data.load("fashion-mnist", data_dir=tmp_path / "mine")
+    assert d.test_y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert sorted(p.name for p in (tmp_path / "mine" / "FashionMNIST" / "raw").iterdir()) == sorted(arrays)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_data_dir_with_its_own_fashion_mnist_ignores_the_debian_copy(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     write_idx(debian, idx_set(np.random.default_rng(7)), compress=True)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
-    with pytest.raises(UsageError, match="not found"):
-        data.load("fashion-mnist", data_dir=tmp_path / "mine")
-    assert not (tmp_path / "cache").exists()
+    mine = write_idx(tmp_path / "mine" / "FashionMNIST" / "raw", idx_set(np.random.default_rng(8)))
+    d = data.load("fashion-mnist", data_dir=tmp_path / "mine")
+    assert d.test_y.tolist() == mine["t10k-labels-idx1-ubyte"].tolist()
 
 
 @pytest.mark.skipif(not (REAL_DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),

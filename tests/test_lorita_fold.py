@@ -8,7 +8,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import lorita
-from lorita.layers import ConvComposition, LinearComposition, _output_rows
+from lorita.layers import ConvComposition, LinearComposition, _output_rows, is_eligible
 
 
 def _rel(a, b):
@@ -239,3 +239,41 @@ def test_cuda_fold_under_bf16_autocast_is_bf16_with_the_chains_gradients():
     for how in (_fold, _chain):
         y, grads = _value_and_grads(comp, x, run(how))
         assert _rel(y, exact_y) <= BF16_TOL and all(_rel(grads[n], exact[n]) <= BF16_TOL for n in grads)
+
+
+def _extra_chain_macs(model, n, x):
+    """MACs the N-1 extra factors of every layer add per sample, from the dense model's own shapes."""
+    extra = []
+
+    def hook(layer, _inputs, out):
+        if isinstance(layer, nn.Conv2d):  # N-1 1×1 convs out→out at every output position
+            extra.append((n - 1) * layer.out_channels ** 2 * out[0].shape[-2:].numel())
+        else:  # N-1 square in→in maps on every row
+            extra.append((n - 1) * layer.in_features ** 2 * (out[0].numel() // layer.out_features))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if is_eligible(m)]
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(extra)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20"])
+@pytest.mark.parametrize("n", [2, 3])
+def test_counting_an_unmerged_model_gives_the_chain_macs_even_where_the_forward_folds(name, n):
+    from bench.catalog.models import build
+
+    torch.manual_seed(0)
+    dense = build(name, 10, (3, 32, 32), {"width": 0.125})
+    x = torch.randn(16, 3, 32, 32)  # enough positions that the early convs fold
+    composed = lorita.overparameterize(copy.deepcopy(dense), n)
+    first = next(m for m in composed.modules() if isinstance(m, ConvComposition))
+    assert _factor_calls(first, x) == 0  # the fold runs here: hooks on its factors would see none of them
+    macs_dense, params_dense = lorita.count_macs_params(dense, x)
+    macs, params = lorita.count_macs_params(composed, x)
+    assert macs == macs_dense + _extra_chain_macs(dense, n, x)
+    assert params > params_dense
+    assert all(not hasattr(m, "__dict__") or "forward" not in m.__dict__ for m in composed.modules())

@@ -287,9 +287,9 @@ def _fashion_mnist_from_debian(root: Path) -> bool:
 def fashion_mnist(data_dir: Path | str | None = None, download: bool = False) -> Splits:
     """Fashion-MNIST from ``data_dir/FashionMNIST/raw/``; shapes (N, 1, 28, 28).
 
-    With no ``data_dir``, files missing from ``default_data_dir()`` are first taken from
+    Files missing from ``data_dir`` (default ``default_data_dir()``) are first taken from
     Debian's ``dataset-fashion-mnist`` package (``DEBIAN_FASHION_MNIST``), decompressed into
-    ``default_data_dir()/FashionMNIST/raw/``; only then is ``download`` used. Normalized with
+    ``data_dir/FashionMNIST/raw/``; only then is ``download`` used. Normalized with
     the published mean/std (0.2860, 0.3530); no augmentation. Raises ``UsageError`` when the
     files are found nowhere and ``download`` is False.
     """
@@ -304,11 +304,16 @@ def fashion_mnist_32(data_dir: Path | str | None = None, download: bool = False)
 
 
 def _fashion_mnist(spec: TorchvisionSpec, data_dir: Path | str | None, download: bool) -> Splits:
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    from torchvision.datasets import FashionMNIST
+
+    folder, files = _expected_files(FashionMNIST)
     also = ""
-    if data_dir is None:
-        found = _fashion_mnist_from_debian(default_data_dir())
-        if not found:
-            also = f" or in {DEBIAN_FASHION_MNIST} (Debian package dataset-fashion-mnist)"
+    # A --data-dir that lacks the files gets Debian's copy as the default folder would: the
+    # paper presets pass --data-dir for their other data sets, and a folder without
+    # Fashion-MNIST in it is no reason to ignore the copy installed on this machine.
+    if not all((root / folder / f).is_file() for f in files) and not _fashion_mnist_from_debian(root):
+        also = f" or in {DEBIAN_FASHION_MNIST} (Debian package dataset-fashion-mnist)"
     return _load_torchvision(spec, data_dir, download, also)
 
 
