@@ -32,10 +32,11 @@ from bench.records.history import (
     saved_run,
     storage_folder,
 )
+from bench.records.sources import read_jsonl
 from reports.history import render_history
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = [json.loads(line) for line in (ROOT / "reference" / "ci.jsonl").read_text().splitlines() if line.strip()]
+REFERENCE = read_jsonl(ROOT / "reference" / "ci.jsonl")  # the records (its reference line filled into them)
 MACHINE_ID = "Linux-CPython-3.12-64bit"  # pytest-benchmark's folder name for this platform
 MACHINE = {"python_implementation": "CPython", "python_version": "3.12.3", "python_compiler": "GCC 13.2.0",
            "release": "6.8.0-45-generic", "system": "Linux", "machine": "x86_64", "processor": "x86_64",
