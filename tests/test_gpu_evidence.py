@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from realformat import idx_set, write_idx
 
+from bench.records.sources import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"STEP_OPTIONS": "vgg16:width=0.0625;resnet20:width=0.25;vit:embed_dim=24;vit:depth=1;vit:num_heads=2",
         "STEP_MODELS": "vgg16,vit", "COMPILE_MODELS": "", "STEP_ROUNDS": "2", "STEP_BATCH": "4", "STEPS_PER_ROUND": "1",
@@ -27,7 +29,7 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def _records(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / "results.jsonl")  # the records, without the folder's reference lines
 
 
 def test_gpu_evidence_dry_run_on_cpu_writes_its_report_and_shows_a_stage_out_of_time(tmp_path):
