@@ -1,5 +1,14 @@
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # tox runs the tests on two xdist workers over CI's two cores: one intra-op thread each (and in
+    # the processes they start), or four threads fight over two cores and small steps slow down
+    # many times. Results do not depend on the thread count (see reference/README.md).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

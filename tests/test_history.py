@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shlex
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -342,10 +343,13 @@ def test_the_store_keeps_records_beside_the_run_pytest_benchmark_saved(tmp_path)
 
 
 def test_the_readme_history_commands_parse():
+    from docs_commands import blocks
+
     from bench.cli import parser
 
     text = (ROOT / "README.md").read_text()
-    commands = [line.split("#")[0].split()[1:] for line in text.splitlines() if line.startswith("lorita-bench history")]
+    commands = [shlex.split(c.text)[1:] for block in blocks(ROOT / "README.md") for c in block
+                if c.text.startswith("lorita-bench history")]
     assert len(commands) >= 3
     for argv in commands:
         args = parser().parse_args(argv)

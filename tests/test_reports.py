@@ -294,7 +294,10 @@ def test_benchmark_suite_json_renders_the_full_report_and_gates(tmp_path):
     out = tmp_path / "out.json"
     # One intra-op thread: results are identical at any thread count, and a shared CI core
     # stalls two-thread training badly.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # Without xdist's worker variables: a child pytest that sees them believes it runs under xdist,
+    # and pytest-benchmark then times nothing.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pytest", "bench/suite/test_cells.py", "--preset", "ci", "-p", "no:cacheprovider",
            "-q", "--lorita-rounds", "3", "--lorita-cache-dir", str(tmp_path / "ckpt")]
     store = tmp_path / "history"  # the same run also saved into a history store, records beside
