@@ -99,13 +99,19 @@ def with_hash(config: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> d
     return {**config, "config_hash": mine if mine in hashes or len(hashes) != 1 else hashes.pop()}
 
 
+def _read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records, reference lines) of a results JSONL file, as dicts, read once: see ``read_jsonl``."""
+    parsed = parse_jsonl(Path(path))
+    records = [d for _, d in parsed.records]
+    return (with_references(records, references_in(records, parsed.references)),
+            [r.to_dict() for r in parsed.references])
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records (dicts) of a results JSONL file, each filled with its seed's reference where the
     file holds one, torn lines left out (``bench.records.results.parse_jsonl``); ``UsageError``
     naming file and line for any other line that is not a record."""
-    parsed = parse_jsonl(Path(path))
-    records = [d for _, d in parsed.records]
-    return with_references(records, references_in(records, parsed.references))
+    return _read(path)[0]
 
 
 def _cell(info: Mapping[str, Any]) -> tuple:
@@ -223,9 +229,9 @@ def load(sources: Iterable[str | Path]) -> Loaded:
         if p.is_dir():
             if not (p / RESULTS).is_file():
                 raise UsageError(f"no {RESULTS} in folder {src}; accepted: {ACCEPTED}")
-            recs = read_jsonl(p / RESULTS)
+            recs, refs = _read(p / RESULTS)
             records += recs
-            references += [r.to_dict() for r in parse_jsonl(p / RESULTS).references]
+            references += refs
             if (p / CONFIG).is_file():
                 configs.append(with_hash(json.loads((p / CONFIG).read_text(encoding="utf-8")), recs))
         elif not p.is_file():
@@ -242,7 +248,8 @@ def load(sources: Iterable[str | Path]) -> Loaded:
             if data.get("machine_info"):
                 machines.append(data["machine_info"])
         else:
-            records += read_jsonl(p)
-            references += [r.to_dict() for r in parse_jsonl(p).references]
+            recs, refs = _read(p)
+            records += recs
+            references += refs
     return Loaded(records=tuple(records), configs=tuple(configs), machines=tuple(machines), sources=tuple(names),
                   references=tuple(references))
