@@ -275,8 +275,8 @@ def trained_model(preset: Preset, method: Method, model: nn.Module, data: Splits
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
     # Loaded into a copy first: under torchrun the ranks agree before any of them takes it, so a
     # rank whose copy failed never trains from weights another rank loaded.
-    probe = copy.deepcopy(model) if path is not None else None
-    meta = cache.load(path, probe, key=key, steps=steps) if path is not None else None
+    probe = copy.deepcopy(model) if path is not None and path.exists() else None  # no file: nothing to copy into
+    meta = cache.load(path, probe, key=key, steps=steps) if probe is not None else None
     if not distributed.agree(meta is not None, preset.device):  # all ranks load, or all train
         meta = None
     if meta is not None:
