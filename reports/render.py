@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.records.results import atomic_write_text
+from bench.records.results import REFERENCE_PRETRAINING, atomic_write_text
 from bench.records.sources import config_hash, flat
 from reports import controls, health, latency, tables
 from reports.tables import FAMILY_ORDER, latest, mean_or_none
@@ -400,12 +400,39 @@ def _fmt(v: float | None, f: str) -> str:
     return "–" if v is None else format(v, f)
 
 
-def _reference_only(ok: Sequence[Rec], references: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The reference lines whose plain training no ok record carries (a reference-only job's)."""
-    plain = {(r.get("config_hash") or "", r["seed"]) for r in ok if r.get("pretrain_id") == "plain"}
+def _reference_only(ok: Sequence[Rec], references: Sequence[Mapping[str, Any]]) -> tuple[list[str], int, float]:
+    """The line on the plain trainings made only to be the reference (reference lines whose training
+    no ok record carries), with their optimizer steps and seconds; no line when there are none."""
+    plain = {(r.get("config_hash") or "", r["seed"]) for r in ok if r.get("pretrain_id") == REFERENCE_PRETRAINING}
     hashes = {r.get("config_hash") or "" for r in ok}
-    return [ref for ref in references if (ref.get("config_hash") or "") in hashes
-            and ((ref.get("config_hash") or ""), ref["seed"]) not in plain and ref.get("train_steps") is not None]
+    extra = [ref for ref in references if (ref.get("config_hash") or "") in hashes
+             and ((ref.get("config_hash") or ""), ref["seed"]) not in plain and ref.get("train_steps") is not None]
+    if not extra:
+        return [], 0, 0.0
+    steps, secs = sum(r["train_steps"] for r in extra), sum(r.get("train_wall_s") or 0.0 for r in extra)
+    return (["", f"Plus {len(extra)} plain training{'s' if len(extra) != 1 else ''} made only to be the reference "
+             f"(no method of the run trains plainly): {steps:,} optimizer steps, {secs:.1f} s "
+             f"({sum(bool(r.get('cached')) for r in extra)} from the checkpoint cache)."], steps, secs)
+
+
+def _cost_cells(method: str, rs: Sequence[Rec]) -> list[str]:
+    """One method's row of the cost table (without the config column), from its ok records ``rs``."""
+    by_seed = {r["seed"]: r for r in rs}
+    pre_steps = mean_or_none([r["pretrain_steps"] for r in by_seed.values() if r.get("pretrain_steps") is not None])
+    pre_s = mean_or_none([r["pretrain_wall_s"] for r in by_seed.values() if r.get("pretrain_wall_s") is not None])
+    fine_s = [r["finetune_wall_s"] for r in rs if r.get("finetune_wall_s") is not None]
+    mem = mean_or_none([r["train_peak_mem_mb"] for r in by_seed.values() if r.get("train_peak_mem_mb") is not None])
+    fmem = mean_or_none([r["finetune_peak_mem_mb"] for r in rs if r.get("finetune_peak_mem_mb") is not None])
+    # gpu_s is one deployed model's pre-training plus its fine-tuning: summed over targets it would
+    # count the pre-training once per target, so here a seed's pre-training counts once.
+    on_gpu = [r for r in rs if r.get("gpu_s") is not None]
+    gpu = ([r.get("pretrain_wall_s") or 0.0 for r in {r["seed"]: r for r in on_gpu}.values()]
+           + [r.get("finetune_wall_s") or 0.0 for r in on_gpu])
+    ncached = sum(bool(r.get("pretrain_cached")) for r in by_seed.values())
+    pid = next((r["pretrain_id"] for r in rs if r.get("pretrain_id")), "–")
+    return [method, pid, f"{len(by_seed)} ({ncached})", _fmt(pre_steps, ".0f"), _fmt(pre_s, ".1f"), str(len(rs)),
+            f"{sum(fine_s):.1f}" if fine_s else "–", _fmt(mem, ",.0f"), _fmt(fmem, ",.0f"),
+            f"{sum(gpu):.0f}" if gpu else "–"]
 
 
 def cost_lines(records: Sequence[Rec], references: Sequence[Mapping[str, Any]] = ()) -> list[str]:
@@ -448,38 +475,19 @@ def cost_lines(records: Sequence[Rec], references: Sequence[Mapping[str, Any]] =
     total_steps, total_s = 0, 0.0
     counted: set[tuple] = set()
     for (h, method), rs in groups.items():
-        by_seed = {r["seed"]: r for r in rs}
-        pre_steps = mean_or_none([r["pretrain_steps"] for r in by_seed.values() if r.get("pretrain_steps") is not None])
-        pre_s = mean_or_none([r["pretrain_wall_s"] for r in by_seed.values() if r.get("pretrain_wall_s") is not None])
-        fine_s = [r["finetune_wall_s"] for r in rs if r.get("finetune_wall_s") is not None]
-        mem = mean_or_none([r["train_peak_mem_mb"] for r in by_seed.values() if r.get("train_peak_mem_mb") is not None])
-        fmem = mean_or_none([r["finetune_peak_mem_mb"] for r in rs if r.get("finetune_peak_mem_mb") is not None])
-        # gpu_s is one deployed model's pre-training plus its fine-tuning: summed over targets it would
-        # count the pre-training once per target, so here a seed's pre-training counts once.
-        on_gpu = [r for r in rs if r.get("gpu_s") is not None]
-        gpu = ([r.get("pretrain_wall_s") or 0.0 for r in {r["seed"]: r for r in on_gpu}.values()]
-               + [r.get("finetune_wall_s") or 0.0 for r in on_gpu])
-        ncached = sum(bool(r.get("pretrain_cached")) for r in by_seed.values())
-        pid = next((r["pretrain_id"] for r in rs if r.get("pretrain_id")), "–")
-        for r in by_seed.values():
+        for r in {r["seed"]: r for r in rs}.values():
             key = (h, r.get("pretrain_id") or f"method:{method}", r["seed"])
             if key not in counted:
                 counted.add(key)
                 total_steps += r.get("pretrain_steps") or 0
                 total_s += r.get("pretrain_wall_s") or 0.0
         total_steps += sum(r.get("finetune_steps") or 0 for r in rs)
-        total_s += sum(fine_s)
-        cells = [*([f"`{h}`"] if several else []), method, pid, f"{len(by_seed)} ({ncached})",
-                 _fmt(pre_steps, ".0f"), _fmt(pre_s, ".1f"), str(len(rs)), f"{sum(fine_s):.1f}" if fine_s else "–",
-                 _fmt(mem, ",.0f"), _fmt(fmem, ",.0f"), f"{sum(gpu):.0f}" if gpu else "–"]
+        total_s += sum(r["finetune_wall_s"] for r in rs if r.get("finetune_wall_s") is not None)
+        cells = [*([f"`{h}`"] if several else []), *_cost_cells(method, rs)]
         lines.append("| " + " | ".join(tables._md_escape(c) for c in cells) + " |")
-    extra = _reference_only(ok, references)
-    if extra:
-        steps, secs = sum(r["train_steps"] for r in extra), sum(r.get("train_wall_s") or 0.0 for r in extra)
-        total_steps, total_s = total_steps + steps, total_s + secs
-        lines += ["", f"Plus {len(extra)} plain training{'s' if len(extra) != 1 else ''} made only to be the reference "
-                  f"(no method of the run trains plainly): {steps:,} optimizer steps, {secs:.1f} s "
-                  f"({sum(bool(r.get('cached')) for r in extra)} from the checkpoint cache)."]
+    extra, steps, secs = _reference_only(ok, references)
+    lines += extra
+    total_steps, total_s = total_steps + steps, total_s + secs
     lines += ["", f"In all: {total_steps:,} optimizer steps and {total_s:.1f} s of training"
               + ("" if timed else " (no record carries wall times)")
               + ", each shared pre-training counted once. Peak memory: the mean over seeds of CUDA "
