@@ -9,13 +9,12 @@ cell at seed s) and read only beyond its 95 % t-interval over seeds.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reports.tables import latest, t95
+from reports.tables import half_width95, latest
 
 Rec = Mapping[str, Any]
 # An interval containing 0 supports "no difference" only when it is this narrow (half-width, pp); a wider one
@@ -43,10 +42,8 @@ class Pair:
 
     def interval(self) -> tuple[float, float] | None:
         """The 95 % t-interval of the mean paired difference (pp); None with fewer than two seeds."""
-        if len(self.diffs) < 2:
-            return None
-        mean, h = statistics.fmean(self.diffs), t95(len(self.diffs) - 1) * statistics.stdev(self.diffs)
-        return mean - h / math.sqrt(len(self.diffs)), mean + h / math.sqrt(len(self.diffs))
+        h = half_width95(self.diffs)
+        return None if h is None else (statistics.fmean(self.diffs) - h, statistics.fmean(self.diffs) + h)
 
     def reading(self) -> str:
         """What the difference supports: who is better beyond the noise, or that it cannot tell."""
@@ -98,10 +95,8 @@ def pairs(records: Sequence[Rec]) -> list[Pair]:
 def _mean_h(values: Sequence[float]) -> str:
     if not values:
         return "–"
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    h = t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{statistics.fmean(values):.2f} ± {h:.2f}"
+    h = half_width95(values)
+    return f"{values[0]:.2f}" if h is None else f"{statistics.fmean(values):.2f} ± {h:.2f}"
 
 
 def control_lines(records: Sequence[Rec]) -> list[str]:

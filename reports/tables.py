@@ -49,6 +49,11 @@ def t95(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
+def half_width95(values: Sequence[float]) -> float | None:
+    """Half-width of the 95 % t-interval of the mean of ``values`` (t·s/√k); None with fewer than two."""
+    return t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Metric:
     """One numeric column: where its value comes from, its display unit and how a best is judged.
@@ -219,8 +224,7 @@ class Row:
 
     def half_width(self, key: str) -> float | None:
         """Half-width of the 95 % t-interval of the mean over seeds; None with fewer than two."""
-        vals = self.values.get(key, ())
-        return t95(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+        return half_width95(self.values.get(key, ()))
 
     def interval(self, key: str) -> tuple[float, float] | None:
         """The 95 % interval the ranking uses (display units), or None where there is none.
