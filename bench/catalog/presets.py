@@ -6,6 +6,7 @@ package ``bench.catalog`` imports this module last, after every table it refers 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -129,6 +130,14 @@ class Preset:
         if bad:
             raise UsageError(f"control targets {', '.join(bad)} are not targets of this run; accepted: "
                              + ", ".join(str(t) for t in self.targets))
+
+    def by_training(self, method: Method, targets: Iterable[Target]) -> dict[str, list[Target]]:
+        """``targets`` grouped by the model ``method`` trains for each (``pretraining_of``), in order: one
+        group unless its training depends on the target (``Method.for_target``), as lowrank-fixed's does."""
+        out: dict[str, list[Target]] = {}
+        for t in targets:
+            out.setdefault(self.pretraining_of(method.for_target(t)), []).append(t)
+        return out
 
     def targets_of(self, name: str) -> tuple[Target, ...]:
         """The targets the method or control ``name`` runs at: a control's ``control_targets`` where given."""

@@ -184,11 +184,9 @@ def run_method(preset: Preset, method: Method, data: Splits, targets: list[Targe
                progress: bool = False, cache_dir: Path | None = None, keep_models: bool = False) -> Built:
     """Every record of one (method, seed): ``run_group`` for that method alone, once per training where
     what it trains depends on the target (``Method.for_target``), the records in ``targets``' order."""
-    by_training: dict[str, list[Target]] = {}
-    for t in targets:
-        by_training.setdefault(preset.pretraining_of(method.for_target(t)), []).append(t)
     parts = [run_group(preset, [(method, ts)], data, seed, progress=progress, cache_dir=cache_dir,
-                       keep_models=keep_models).built[method.name] for ts in by_training.values()]
+                       keep_models=keep_models).built[method.name]
+             for ts in preset.by_training(method, targets).values()]
     if len(parts) == 1:
         return parts[0]
     records = {(r.target_kind, r.target_drop): r for b in parts for r in b.records}

@@ -76,11 +76,8 @@ def plan(preset: Preset, done: set[tuple], *, cache_dir: Path, data_dir: Path | 
         groups: dict[str, list[tuple[str, tuple[Target, ...]]]] = {}
         for name in (*preset.methods, *preset.controls):
             # One job per training: a method whose training depends on the target gets one per target.
-            by_training: dict[str, list[Target]] = {}
-            for t in preset.targets_of(name):
-                if _cell(chash, preset, name, t, seed) not in done:
-                    by_training.setdefault(preset.pretraining_of(METHODS.get(name).for_target(t)), []).append(t)
-            for pretraining, pending in by_training.items():
+            missing = [t for t in preset.targets_of(name) if _cell(chash, preset, name, t, seed) not in done]
+            for pretraining, pending in preset.by_training(METHODS.get(name), missing).items():
                 groups.setdefault(pretraining, []).append((name, tuple(pending)))
         if PLAIN not in groups and seed not in references:  # also when every cell is done: a later run fills the gap
             groups[PLAIN] = []

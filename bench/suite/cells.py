@@ -143,9 +143,8 @@ class Suite:
     def _pretraining(self, method: str) -> str | None:
         """What ``method`` trains (shared by the methods that name it), or ``None`` where that depends on
         the target (a training per target, shared with no other method)."""
-        m = METHODS.get(method)
-        ids = {self.preset.pretraining_of(m.for_target(t)) for t in self.preset.targets}
-        return ids.pop() if len(ids) == 1 else None
+        ids = self.preset.by_training(METHODS.get(method), self.preset.targets)
+        return next(iter(ids)) if len(ids) == 1 else None
 
     def _reference(self, seed: int) -> None:
         """Train the preset's plain methods at ``seed`` (or, with none, the plain model alone):
